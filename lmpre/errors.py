@@ -1,0 +1,9 @@
+"""Errors a user can fix: each message says what was wrong and which setting or file to change."""
+
+
+class LmpreError(Exception):
+    """A mistake in the configuration or the inputs, not a bug: entry points print it without a traceback."""
+
+
+class DataError(LmpreError):
+    """The data source, its files or the prepared-data directory cannot be used as configured."""

@@ -1,0 +1,102 @@
+"""What every pretraining objective shares; a subclass only says how a window of tokens becomes
+model inputs and targets (`forward`) and how long that window must be (`window_length`)."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from lmpre.models import Transformer, TransformerConfig
+from lmpre.objectives.optim import AdamW
+from lmpre.objectives.sharding import shard
+
+IGNORE_INDEX = -100  # target value for positions that carry no loss
+
+
+@dataclass
+class Prediction:
+    logits: Tensor  # (B, T, vocab)
+    targets: Tensor  # (B, T), IGNORE_INDEX where there is no loss
+
+
+class PretrainingObjective(L.LightningModule):
+    def __init__(
+        self,
+        backbone: TransformerConfig | Mapping[str, Any],
+        optim: AdamW | Mapping[str, Any] | None = None,
+        special_tokens: Mapping[str, Any] | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.config = backbone if isinstance(backbone, TransformerConfig) else TransformerConfig(**backbone)
+        self.optim = optim if isinstance(optim, AdamW) else AdamW(**(optim or {}))
+        self.special_tokens = dict(special_tokens or {})
+        self.seed = seed
+        self.save_hyperparameters()
+        # Plain containers only, so checkpoints load with torch.load(weights_only=True).
+        self.hparams.update(backbone=asdict(self.config), optim=asdict(self.optim), special_tokens=self.special_tokens)
+        self.model = Transformer(self.config)
+        self.val_loss = MeanMetric()
+        self.val_acc = MulticlassAccuracy(self.config.vocab_size, average="micro", ignore_index=IGNORE_INDEX)
+
+    def configure_model(self) -> None:
+        if self.device_mesh is not None:  # set by ModelParallelStrategy (conf/trainer/fsdp.yaml)
+            shard(self.model, self.device_mesh["data_parallel"])
+
+    def window_length(self, seq_len: int) -> int:
+        """Raw tokens per training example for model inputs of `seq_len` tokens."""
+        return seq_len
+
+    def forward(self, window: Tensor, generator: torch.Generator | None = None) -> Prediction:
+        raise NotImplementedError
+
+    def special_token(self, name: str) -> Any:
+        if name not in self.special_tokens:
+            raise ValueError(
+                f"{type(self).__name__} needs the special token {name!r}, but the tokenizer provides only "
+                f"{sorted(self.special_tokens)}; prepare the data with lmpre's tokenizer (python -m lmpre.prepare)"
+            )
+        return self.special_tokens[name]
+
+    def batch_generator(self, stage: str, batch_idx: int, device: torch.device) -> torch.Generator:
+        """A generator seeded by (seed, stage, step, batch, rank): random corruption is fresh for every
+        batch, identical on an exact resume, and the same at every validation."""
+        step = self.global_step if stage == "train" else 0
+        key = f"{self.seed}/{stage}/{step}/{batch_idx}/{self.global_rank}".encode()
+        return torch.Generator(device=device).manual_seed(zlib.crc32(key))
+
+    def training_step(self, window: Tensor, batch_idx: int) -> Tensor:
+        pred = self(window, self.batch_generator("train", batch_idx, window.device))
+        loss = F.cross_entropy(pred.logits.flatten(0, 1).float(), pred.targets.flatten(), ignore_index=IGNORE_INDEX)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, window: Tensor, batch_idx: int) -> None:
+        pred = self(window, self.batch_generator("val", batch_idx, window.device))
+        logits, targets = pred.logits.flatten(0, 1).float(), pred.targets.flatten()
+        scored = targets != IGNORE_INDEX
+        loss = F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
+        self.val_loss.update(loss / scored.sum(), weight=scored.sum())
+        self.val_acc.update(logits[scored].argmax(-1), targets[scored])
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict(self.validation_metrics(self.val_loss.compute()), prog_bar=True)
+        self.val_loss.reset()
+
+    def validation_metrics(self, loss: Tensor) -> dict[str, Tensor]:
+        metrics = {"val/loss": loss, "val/ppl": loss.exp(), "val/acc": self.val_acc.compute()}
+        self.val_acc.reset()
+        return metrics
+
+    def configure_optimizers(self) -> Any:
+        optimizer, scheduler = self.optim.build(self.model, int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,112 @@
+from dataclasses import asdict
+from itertools import islice
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from lmpre.data import DataConfig, TokenDataModule
+from lmpre.errors import DataError
+
+
+def datamodule(config: DataConfig, prepared: Path, **kwargs: int) -> TokenDataModule:
+    return TokenDataModule(**asdict(config), output_dir=str(prepared), **{"seq_len": 32, "batch_size": 4, **kwargs})
+
+
+def test_batches_are_long_windows_of_seq_len_plus_one(wikitext_config: DataConfig, prepared_wikitext: Path) -> None:
+    dm = datamodule(wikitext_config, prepared_wikitext)
+    dm.prepare_data()
+    dm.setup("fit")
+    train_loader = dm.train_dataloader()
+    train = list(train_loader)
+    val = list(dm.val_dataloader())
+    assert all(batch.shape == (4, 33) and batch.dtype == torch.long for batch in train + val[:-1])
+    tokens = dm.manifest["splits"]["train"]["tokens"]
+    assert len(train) == tokens // 33 // 4
+    assert int(torch.cat(train).max()) < dm.vocab_size == 512
+    assert not torch.equal(train[0], next(iter(train_loader)))  # reshuffled each epoch
+    first_val = next(iter(dm.val_dataloader()))
+    assert torch.equal(first_val, val[0])  # not shuffled
+    assert dm.tokenizer.decode(first_val[0].tolist()).startswith(" = Homarus gammarus =")
+
+
+def test_tokenizer_facts_come_from_the_prepared_data(wikitext_config: DataConfig, prepared_wikitext: Path) -> None:
+    dm = datamodule(wikitext_config, prepared_wikitext)
+    assert dm.prepared_dir == prepared_wikitext  # prepares (here: reuses) on first use
+    assert dm.special_tokens == {"eot": 0, "pad": 1, "mask": 2, "sentinels": list(range(3, 103))}
+    val = dm.manifest["splits"]["val"]
+    assert dm.bytes_per_token == val["bytes"] / val["tokens"]
+
+
+def test_window_set_before_setup_sizes_the_batches(wikitext_config: DataConfig, prepared_wikitext: Path) -> None:
+    dm = datamodule(wikitext_config, prepared_wikitext)
+    dm.window = 32  # masked LM: no shifted target
+    dm.setup("fit")
+    assert next(iter(dm.train_dataloader())).shape == (4, 32)
+
+
+def test_split_shorter_than_a_window_names_the_setting(wikitext_config: DataConfig, prepared_wikitext: Path) -> None:
+    dm = datamodule(wikitext_config, prepared_wikitext, seq_len=2**20)
+    with pytest.raises(DataError, match=r"fewer than one window of 1048577 \(data\.seq_len=1048576\)"):
+        dm.setup("fit")
+
+
+def test_loader_state_resumes_with_the_next_batches(wikitext_config: DataConfig, prepared_wikitext: Path) -> None:
+    dm = datamodule(wikitext_config, prepared_wikitext)
+    dm.setup("fit")
+    uninterrupted = dm.train_dataloader()
+    expected = list(islice(uninterrupted, 8))
+
+    interrupted = dm.train_dataloader()
+    assert len(list(islice(interrupted, 5))) == 5
+    state = interrupted.state_dict()
+
+    resumed_dm = datamodule(wikitext_config, prepared_wikitext)
+    resumed_dm.setup("fit")
+    resumed = resumed_dm.train_dataloader()
+    resumed.load_state_dict(state)
+    continued = list(islice(resumed, 3))
+    assert all(torch.equal(want, got) for want, got in zip(expected[5:], continued, strict=True))
+
+
+class RecordBatches(L.LightningModule):
+    """The smallest module that trains: it only remembers the batches it saw."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+        self.seen: list[torch.Tensor] = []
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        self.seen.append(batch)
+        return self.weight * batch.float().mean()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def fit(dm: TokenDataModule, max_steps: int, root: Path, ckpt_path: str | None = None) -> list[torch.Tensor]:
+    model = RecordBatches()
+    trainer = L.Trainer(
+        max_steps=max_steps,
+        limit_val_batches=0,
+        default_root_dir=root,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[L.pytorch.callbacks.ModelCheckpoint(dirpath=root, every_n_train_steps=3, save_top_k=-1)],
+    )
+    trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+    return model.seen
+
+
+def test_lightning_checkpoint_resumes_mid_epoch(
+    wikitext_config: DataConfig, prepared_wikitext: Path, tmp_path: Path
+) -> None:
+    uninterrupted = fit(datamodule(wikitext_config, prepared_wikitext), 6, tmp_path / "a")
+    fit(datamodule(wikitext_config, prepared_wikitext), 3, tmp_path / "b")
+    [checkpoint] = (tmp_path / "b").glob("*step=3.ckpt")
+    resumed = fit(datamodule(wikitext_config, prepared_wikitext), 6, tmp_path / "b", str(checkpoint))
+    assert all(torch.equal(want, got) for want, got in zip(uninterrupted[3:], resumed, strict=True))

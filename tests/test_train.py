@@ -1,0 +1,137 @@
+"""The real `train(cfg)` on real WikiText, composed from the real configs with small overrides."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lmpre.train import train
+
+# A model and batch small enough for seconds per run on 2 CPU cores.
+TINY = [
+    "model.backbone.d_model=64",
+    "model.backbone.n_layer=2",
+    "model.backbone.n_head=2",
+    "model.sample_tokens=8",
+    "data.seq_len=64",
+    "data.batch_size=8",
+    "optim.warmup_steps=5",
+    "trainer.limit_val_batches=4",
+    "trainer.log_every_n_steps=1",
+    "trainer.num_sanity_val_steps=0",
+    "callbacks.progress=null",
+]
+
+
+def compose_train(*overrides: str) -> DictConfig:
+    with initialize_config_module(config_module="lmpre.conf", version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+@pytest.fixture
+def tiny_run(tmp_path: Path, wikitext_overrides: list[str]):
+    def make(*overrides: str, out: Path = tmp_path) -> DictConfig:
+        return compose_train(*wikitext_overrides, *TINY, f"paths.output_dir={out}", *overrides)
+
+    return make
+
+
+def scalars(run_dir: Path) -> EventAccumulator:
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    return events
+
+
+def test_training_on_wikitext_learns_logs_and_checkpoints(tiny_run, tmp_path: Path) -> None:
+    # 70 is no multiple of 40: the run still validates and checkpoints after its last step.
+    cfg = tiny_run("trainer.max_steps=70", "trainer.val_check_interval=40", "optim.lr=3e-3")
+    metrics = train(cfg)
+
+    events = scalars(tmp_path)
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "val/loss", "val/ppl", "val/bpb", "val/acc"} <= tags
+    assert any(t.startswith("lr-") for t in tags), tags
+    assert "train/device/items_per_sec" in tags, tags  # tokens/s from ThroughputMonitor
+    assert any(t.startswith("val/sample") for t in events.Tags()["tensors"])
+
+    first_train = events.Scalars("train/loss")[0].value
+    assert first_train == pytest.approx(math.log(cfg.data.vocab_size), abs=0.5)  # untrained: uniform guess
+    val = [e.value for e in events.Scalars("val/loss")]
+    assert [e.step for e in events.Scalars("val/loss")] == [39, 69]
+    assert val[-1] < val[0] < first_train - 1.0
+    assert metrics["val/ppl"] == pytest.approx(math.exp(metrics["val/loss"]), rel=1e-4)
+    assert 0 < metrics["val/bpb"] < metrics["val/loss"] / math.log(2)  # > 1 byte per token
+
+    checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert "last.ckpt" in checkpoints and len(checkpoints) == 2, checkpoints
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+    return {e.step: e.value for e in scalars(run_dir).Scalars("train/loss")}
+
+
+def test_resume_continues_exactly_where_it_stopped(tiny_run, tmp_path: Path) -> None:
+    # All 12 steps inside the warm-up, so stopping at 6 does not change the schedule (its cosine
+    # would follow max_steps) but a scheduler that restarted on resume would.
+    steps = ["trainer.val_check_interval=6", "trainer.limit_val_batches=1", "optim.warmup_steps=20"]
+    train(tiny_run(*steps, "trainer.max_steps=12", out=tmp_path / "straight"))
+    train(tiny_run(*steps, "trainer.max_steps=6", out=tmp_path / "resumed"))
+    last = tmp_path / "resumed" / "checkpoints" / "last.ckpt"
+    metrics = train(tiny_run(*steps, "trainer.max_steps=12", f"ckpt_path={last}", out=tmp_path / "resumed"))
+
+    straight, resumed = train_losses(tmp_path / "straight"), train_losses(tmp_path / "resumed")
+    assert max(resumed) == max(straight) == 11  # steps are 0-based: 12 steps in all, none repeated
+    for step in range(6, 12):  # the same batches, the same weights: the same losses
+        assert resumed[step] == pytest.approx(straight[step], abs=1e-5), step
+    assert metrics["val/loss"] == pytest.approx(train(tiny_run(*steps, "trainer.max_steps=12"))["val/loss"], abs=1e-5)
+
+
+def test_bf16_mixed_precision_trains_close_to_fp32(tiny_run, tmp_path: Path) -> None:
+    steps = ["trainer.max_steps=3", "trainer.val_check_interval=3", "trainer.limit_val_batches=1"]
+    fp32 = train(tiny_run(*steps, out=tmp_path / "fp32"))
+    bf16 = train(tiny_run(*steps, "trainer.precision=bf16-mixed", out=tmp_path / "bf16"))
+    assert math.isfinite(bf16["val/loss"])
+    assert bf16["val/loss"] == pytest.approx(fp32["val/loss"], abs=0.05)
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "lmpre.train", *args], cwd=cwd, capture_output=True, text=True)
+
+
+def test_multirun_sweep(wikitext_overrides: list[str], tmp_path: Path) -> None:
+    result = run_cli(
+        "-m",
+        "optim.lr=1e-3,3e-4",
+        *wikitext_overrides,
+        *TINY,
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+        "trainer.limit_val_batches=1",
+        f"hydra.sweep.dir={tmp_path}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for job in ("0", "1"):
+        assert (tmp_path / job / "checkpoints" / "last.ckpt").is_file()
+        assert (tmp_path / job / ".hydra" / "overrides.yaml").is_file()
+
+
+def test_missing_source_is_a_clear_error(tmp_path: Path) -> None:
+    result = run_cli(f"data.source={tmp_path / 'nowhere'}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "nowhere" in result.stderr and "data.source" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_checkpoint_is_a_clear_error(tiny_run, tmp_path: Path) -> None:
+    from lmpre.errors import LmpreError
+
+    with pytest.raises(LmpreError, match="ckpt_path"):
+        train(tiny_run(f"ckpt_path={tmp_path / 'missing.ckpt'}"))
