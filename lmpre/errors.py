@@ -7,3 +7,7 @@ class LmpreError(Exception):
 
 class DataError(LmpreError):
     """The data source, its files or the prepared-data directory cannot be used as configured."""
+
+
+class ConfigError(LmpreError, ValueError):
+    """A setting that cannot work (e.g. an objective on the wrong kind of backbone)."""

@@ -12,6 +12,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
@@ -62,7 +63,7 @@ def main(cfg: DictConfig) -> Any:
     log.debug("config:\n%s", OmegaConf.to_yaml(cfg))
     try:
         metrics = train(cfg)
-    except LmpreError as err:
+    except (LmpreError, InstantiationException) as err:  # a config or input to fix, not a bug: no traceback
         raise SystemExit(f"error: {err}") from None
     # A sweeper (e.g. Optuna) optimises the value returned here.
     return metrics.get("val/loss")

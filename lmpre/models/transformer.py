@@ -60,6 +60,9 @@ def make_norm(config: TransformerConfig) -> nn.Module:
 class RotaryEmbedding(nn.Module):
     """Rotary positions (RoPE): relative position enters attention through rotated queries/keys."""
 
+    cos: Tensor
+    sin: Tensor
+
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
         half = config.head_dim // 2

@@ -15,6 +15,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from lmpre.errors import ConfigError
 from lmpre.models import Transformer, TransformerConfig
 from lmpre.objectives.optim import AdamW
 from lmpre.objectives.sharding import shard
@@ -61,7 +62,7 @@ class PretrainingObjective(L.LightningModule):
 
     def special_token(self, name: str) -> Any:
         if name not in self.special_tokens:
-            raise ValueError(
+            raise ConfigError(
                 f"{type(self).__name__} needs the special token {name!r}, but the tokenizer provides only "
                 f"{sorted(self.special_tokens)}; prepare the data with lmpre's tokenizer (python -m lmpre.prepare)"
             )

@@ -11,24 +11,25 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
+from lmpre.errors import ConfigError
 from lmpre.models import TransformerConfig
 from lmpre.objectives.base import Prediction, PretrainingObjective
-from lmpre.objectives.optim import AdamW
 
 
 class CausalLM(PretrainingObjective):
     def __init__(
         self,
         backbone: TransformerConfig | Mapping[str, Any],
-        optim: AdamW | Mapping[str, Any] | None = None,
-        special_tokens: Mapping[str, Any] | None = None,
-        seed: int = 0,
+        *,
         sample_prompt: str = "The history of",
         sample_tokens: int = 48,
+        **kwargs: Any,  # optim, special_tokens, seed: see PretrainingObjective
     ) -> None:
-        super().__init__(backbone, optim, special_tokens, seed)
+        super().__init__(backbone, **kwargs)
         if not self.config.causal or self.config.n_decoder_layer:
-            raise ValueError("CausalLM needs a decoder-only backbone: backbone.causal=true, backbone.n_decoder_layer=0")
+            raise ConfigError(
+                "CausalLM needs a decoder-only backbone: backbone.causal=true, backbone.n_decoder_layer=0"
+            )
         self.sample_prompt, self.sample_tokens = sample_prompt, sample_tokens
 
     def window_length(self, seq_len: int) -> int:
@@ -40,10 +41,15 @@ class CausalLM(PretrainingObjective):
     def validation_metrics(self, loss: Tensor) -> dict[str, Tensor]:
         metrics = super().validation_metrics(loss)
         # Bits per byte of raw text: comparable across tokenizers, unlike perplexity.
-        bytes_per_token = getattr(self.trainer.datamodule, "bytes_per_token", None)
+        bytes_per_token = getattr(self.datamodule, "bytes_per_token", None)
         if bytes_per_token:
             metrics["val/bpb"] = loss / math.log(2) / bytes_per_token
         return metrics
+
+    @property
+    def datamodule(self) -> Any:
+        """The trainer's datamodule (set by Lightning at fit time), for its tokenizer and byte counts."""
+        return getattr(self.trainer, "datamodule", None)
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
@@ -53,7 +59,7 @@ class CausalLM(PretrainingObjective):
     @rank_zero_only
     def log_sample(self) -> None:
         """Greedy continuation of a fixed prompt, so samples are comparable from one validation to the next."""
-        tokenizer = getattr(self.trainer.datamodule, "tokenizer", None)
+        tokenizer = getattr(self.datamodule, "tokenizer", None)
         loggers = [lg for lg in self.loggers if isinstance(lg, TensorBoardLogger)]
         if tokenizer is None or not loggers:
             return

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lmpre.errors import ConfigError
 from lmpre.models import TransformerConfig
 from lmpre.objectives.base import IGNORE_INDEX, Prediction, PretrainingObjective
 
@@ -58,14 +59,14 @@ class MaskedLM(PretrainingObjective):
     ) -> None:
         super().__init__(backbone, **kwargs)
         if self.config.causal or self.config.n_decoder_layer:
-            raise ValueError(
+            raise ConfigError(
                 "MaskedLM needs a bidirectional encoder-only backbone: "
                 "backbone.causal=false, backbone.n_decoder_layer=0"
             )
         if not 0 < mask_prob <= 1:
-            raise ValueError(f"mask_prob={mask_prob} must be in (0, 1]")
+            raise ConfigError(f"mask_prob={mask_prob} must be in (0, 1]")
         if replace_mask < 0 or replace_random < 0 or replace_mask + replace_random > 1:
-            raise ValueError(
+            raise ConfigError(
                 f"replace_mask={replace_mask} and replace_random={replace_random} must be >= 0 and sum to at most 1"
             )
         self.mask_prob, self.replace_mask, self.replace_random = mask_prob, replace_mask, replace_random

@@ -26,7 +26,7 @@ class AdamW:
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": self.weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
-        optimizer = torch.optim.AdamW(groups, lr=self.lr, betas=tuple(self.betas), eps=self.eps)
+        optimizer = torch.optim.AdamW(groups, lr=self.lr, betas=(self.betas[0], self.betas[1]), eps=self.eps)
         return optimizer, LambdaLR(optimizer, lambda step: self.lr_factor(step, total_steps))
 
     def lr_factor(self, step: int, total_steps: int) -> float:

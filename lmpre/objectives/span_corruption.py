@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lmpre.errors import ConfigError
 from lmpre.models import TransformerConfig
 from lmpre.objectives.base import Prediction, PretrainingObjective
 
@@ -92,13 +93,13 @@ class SpanCorruption(PretrainingObjective):
     ) -> None:
         super().__init__(backbone, **kwargs)
         if self.config.causal or not self.config.n_decoder_layer:
-            raise ValueError(
+            raise ConfigError(
                 "SpanCorruption needs an encoder-decoder backbone: backbone.causal=false, backbone.n_decoder_layer>0"
             )
         if not 0 < noise_density < 1:
-            raise ValueError(f"noise_density={noise_density} must be in (0, 1)")
+            raise ConfigError(f"noise_density={noise_density} must be in (0, 1)")
         if mean_noise_span_length < 1:
-            raise ValueError(f"mean_noise_span_length={mean_noise_span_length} must be at least 1")
+            raise ConfigError(f"mean_noise_span_length={mean_noise_span_length} must be at least 1")
         self.noise_density, self.mean_noise_span_length = noise_density, mean_noise_span_length
         self.start_id = self.special_token("pad")  # T5 starts decoding from its pad token
         # Not a checkpointed weight: follows the module across devices and is rebuilt from hparams.
@@ -115,7 +116,7 @@ class SpanCorruption(PretrainingObjective):
         num_noise, num_spans = self.count_spans(length)
         target = num_noise + num_spans
         if max(seq_len, target) > self.config.max_seq_len:
-            raise ValueError(
+            raise ConfigError(
                 f"backbone.max_seq_len={self.config.max_seq_len} is too short for span corruption: the encoder "
                 f"reads {seq_len} tokens (data.seq_len) and the decoder {target}"
             )
@@ -131,7 +132,7 @@ class SpanCorruption(PretrainingObjective):
         """(noise tokens, noise spans) in a window of `length` raw tokens, with a sentinel for every span."""
         num_noise, num_spans = noise_span_counts(length, self.noise_density, self.mean_noise_span_length)
         if num_spans > len(self.sentinels):
-            raise ValueError(
+            raise ConfigError(
                 f"a window of {length} tokens has {num_spans} noise spans, but special_tokens['sentinels'] holds "
                 f"only {len(self.sentinels)} sentinels; use a tokenizer with more <extra_id_*> tokens, "
                 "a shorter data.seq_len or a longer mean_noise_span_length"
