@@ -54,6 +54,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         f"{type(model).__name__}: {model.model.num_parameters():,} parameters without embeddings, "
         f"{model.model.num_parameters(exclude_embeddings=False):,} in all"
     )
+    if cfg.validate_first and not ckpt_path:  # the untrained model's val/loss: the curve's true start
+        trainer.validate(model, datamodule=datamodule, verbose=False)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
 

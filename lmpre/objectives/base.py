@@ -12,6 +12,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.distributed.fsdp import FSDPModule
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -50,7 +51,9 @@ class PretrainingObjective(L.LightningModule):
         self.val_acc = MulticlassAccuracy(self.config.vocab_size, average="micro", ignore_index=IGNORE_INDEX)
 
     def configure_model(self) -> None:
-        if self.device_mesh is not None:  # set by ModelParallelStrategy (conf/trainer/fsdp.yaml)
+        # The mesh is set by ModelParallelStrategy (conf/trainer/fsdp.yaml). Lightning calls this hook for
+        # every stage (validate, then fit), so shard only once.
+        if self.device_mesh is not None and not isinstance(self.model, FSDPModule):
             shard(self.model, self.device_mesh["data_parallel"])
 
     def window_length(self, seq_len: int) -> int:

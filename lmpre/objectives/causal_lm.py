@@ -8,7 +8,6 @@ from typing import Any
 
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
 from lmpre.errors import ConfigError
@@ -56,9 +55,10 @@ class CausalLM(PretrainingObjective):
         if not self.trainer.sanity_checking:
             self.log_sample()
 
-    @rank_zero_only
     def log_sample(self) -> None:
-        """Greedy continuation of a fixed prompt, so samples are comparable from one validation to the next."""
+        """Greedy continuation of a fixed prompt, so samples are comparable from one validation to the next.
+
+        Every rank generates (a sharded model's forward is a collective); only rank zero's logger writes."""
         tokenizer = getattr(self.datamodule, "tokenizer", None)
         loggers = [lg for lg in self.loggers if isinstance(lg, TensorBoardLogger)]
         if tokenizer is None or not loggers:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from lightning.pytorch.strategies import ModelParallelStrategy
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import fully_shard
 
@@ -16,3 +19,15 @@ def shard(model: Transformer, mesh: DeviceMesh) -> None:
             for block in stack.blocks:
                 fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh)
+
+
+class FullyShardedStrategy(ModelParallelStrategy):
+    """Plain FSDP2: Lightning's ModelParallelStrategy with every process of every node in the data-parallel
+    (sharding) dimension and no tensor parallelism. Its "auto" would shard across nodes only."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(data_parallel_size="auto", tensor_parallel_size=1, **kwargs)
+
+    def setup_environment(self) -> None:
+        self._data_parallel_size = self.num_nodes * self.num_processes  # known only once launched
+        super().setup_environment()
