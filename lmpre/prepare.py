@@ -1,6 +1,7 @@
 """Prepare a dataset ahead of training: python -m lmpre.prepare data=wiki [data.source=DIR] [data.output_dir=DIR]."""
 
 import hydra
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
 from lmpre.errors import LmpreError
@@ -11,7 +12,7 @@ def main(cfg: DictConfig) -> None:
     try:
         datamodule = hydra.utils.instantiate(cfg.data)
         datamodule.prepare_data()
-    except LmpreError as err:
+    except (LmpreError, InstantiationException) as err:
         raise SystemExit(f"error: {err}") from None
     manifest = datamodule.manifest
     print(f"prepared data: {datamodule.prepared_dir}")

@@ -23,8 +23,8 @@ from lmpre.objectives import PretrainingObjective
 log = logging.getLogger(__name__)
 
 
-def build(cfg: DictConfig) -> tuple[L.LightningDataModule, PretrainingObjective, L.Trainer]:
-    """The datamodule, objective and trainer a config describes; prepares the data if needed."""
+def build_objective(cfg: DictConfig) -> tuple[L.LightningDataModule, PretrainingObjective]:
+    """The datamodule (its data prepared if needed) and the objective sized to its tokenizer."""
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     model = instantiate(
@@ -35,6 +35,12 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, PretrainingObjective,
         _convert_="all",
     )
     datamodule.window = model.window_length(cfg.data.seq_len)
+    return datamodule, model
+
+
+def build(cfg: DictConfig) -> tuple[L.LightningDataModule, PretrainingObjective, L.Trainer]:
+    """The datamodule, objective and trainer a config describes."""
+    datamodule, model = build_objective(cfg)
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)

@@ -10,13 +10,13 @@ import argparse
 import time
 from pathlib import Path
 
+import lightning as L
 import torch
 from hydra import compose, initialize_config_module
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from lmpre.data import TokenDataModule
 from lmpre.objectives import PretrainingObjective
+from lmpre.train import build_objective
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2-raw"
 
@@ -29,7 +29,7 @@ def config(model: str, source: Path, cache: Path) -> DictConfig:
         )
 
 
-def loader_tokens_per_sec(datamodule: TokenDataModule, batches: int) -> float:
+def loader_tokens_per_sec(datamodule: L.LightningDataModule, batches: int) -> float:
     datamodule.setup("fit")
     start, tokens = time.perf_counter(), 0
     for i, batch in enumerate(datamodule.train_dataloader()):
@@ -68,16 +68,7 @@ def main() -> None:
     print(f"{'preset':8} {'params':>8} {'window':>6} {'train tok/s':>12} {'loader tok/s':>13} {'loader/train':>13}")
     for name in ("gpt", "bert", "t5"):
         cfg = config(name, args.source, args.cache)
-        datamodule = instantiate(cfg.data)
-        datamodule.prepare_data()
-        model = instantiate(
-            cfg.model,
-            backbone={"vocab_size": datamodule.vocab_size},
-            optim=cfg.optim,
-            special_tokens=datamodule.special_tokens,
-            _convert_="all",
-        )
-        datamodule.window = model.window_length(cfg.data.seq_len)
+        datamodule, model = build_objective(cfg)
         loader = loader_tokens_per_sec(datamodule, batches=200)
         batch = next(iter(datamodule.train_dataloader()))
         train = train_tokens_per_sec(model, batch, args.steps)

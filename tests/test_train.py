@@ -179,5 +179,5 @@ def test_cpu_preset_learns_in_300_steps(preset: str, shared_data: Path, tmp_path
     )
     train(cfg)
     val = [e.value for e in scalars(tmp_path).Scalars("val/loss")]
-    assert val[-1] < val[0] - 2.0, val
+    assert val[-1] < val[0] - 1.5, val  # from ~ln(8192) = 9.0 untrained
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
