@@ -41,7 +41,7 @@ class TokenDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.config = DataConfig(
-            source=str(Path(source).expanduser().resolve()) if source else None,
+            source=source,
             splits={**DEFAULT_SPLITS, **{str(split): str(name) for split, name in (splits or {}).items()}},
             format=format,
             vocab_size=vocab_size,

@@ -33,12 +33,17 @@ _PREPARED_NAMES = {*PREPARED_SPLITS, TOKENIZER, MANIFEST}
 class DataConfig:
     """The settings that determine prepared data: equal configs share one prepared directory."""
 
-    source: str | None  # absolute path, or None for the Hub
+    source: str | None  # a directory, or None for the Hub
     splits: dict[str, str]
     format: str
     vocab_size: int
     hub_repo: str
     hub_config: str
+
+    def __post_init__(self) -> None:
+        # One spelling per directory (relative, ~, symlinks): the key and the manifest compare paths as text.
+        if self.source:
+            object.__setattr__(self, "source", str(Path(self.source).expanduser().resolve()))
 
     def fingerprint(self) -> dict[str, Any]:
         return {**asdict(self), "pipeline_version": PIPELINE_VERSION}
