@@ -56,7 +56,8 @@ def prepare_dataset(config: DataConfig, cache_dir: Path, output_dir: Path | None
     """Return a directory with complete prepared data for `config`, building it only when none is there.
 
     Without `output_dir` it is `cache_dir/prepared/<config key>`. Safe to call from several processes (DDP
-    ranks): the first builds under a file lock, the others wait and reuse.
+    ranks): the first builds under a file lock, the others wait and reuse. Tokenization runs in worker
+    processes that import `__main__`: call this from a script under `if __name__ == "__main__":`.
     """
     if config.format not in FORMATS:
         raise DataError(f"data.format={config.format} is not one of {', '.join(FORMATS)}.")
