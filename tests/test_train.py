@@ -134,6 +134,13 @@ def test_missing_source_is_a_clear_error(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_objective_on_the_wrong_backbone_is_a_clear_error(wikitext_overrides: list[str], tmp_path: Path) -> None:
+    result = run_cli("model=bert", "model.backbone.causal=true", *wikitext_overrides, cwd=tmp_path)
+    assert result.returncode != 0
+    assert "MaskedLM needs a bidirectional encoder-only backbone" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_missing_checkpoint_is_a_clear_error(tiny_run, tmp_path: Path) -> None:
     from lmpre.errors import LmpreError
 
