@@ -58,7 +58,7 @@ def test_training_on_wikitext_learns_logs_and_checkpoints(tiny_run, tmp_path: Pa
     tags = set(events.Tags()["scalars"])
     assert {"train/loss", "val/loss", "val/ppl", "val/bpb", "val/acc"} <= tags
     assert any(t.startswith("lr-") for t in tags), tags
-    assert "train/device/items_per_sec" in tags, tags  # tokens/s from ThroughputMonitor
+    assert {"train/device/items_per_sec", "train/device/flops_per_sec"} <= tags, tags  # tokens/s, FLOP/s
     assert any(t.startswith("val/sample") for t in events.Tags()["tensors"])
 
     val = [e.value for e in events.Scalars("val/loss")]

@@ -3,6 +3,7 @@ model inputs and targets (`forward`) and how long that window must be (`window_l
 
 from __future__ import annotations
 
+import contextlib
 import zlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -13,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.distributed.fsdp import FSDPModule
+from torch.utils.flop_counter import FlopCounterMode
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -31,6 +33,8 @@ class Prediction:
 
 
 class PretrainingObjective(L.LightningModule):
+    flops_per_batch: int | None = None  # read by ThroughputMonitor for FLOP/s and, on GPUs, MFU
+
     def __init__(
         self,
         backbone: TransformerConfig | Mapping[str, Any],
@@ -79,7 +83,12 @@ class PretrainingObjective(L.LightningModule):
         return torch.Generator(device=device).manual_seed(zlib.crc32(key))
 
     def training_step(self, window: Tensor, batch_idx: int) -> Tensor:
-        pred = self(window, self.batch_generator("train", batch_idx, window.device))
+        # FLOPs are counted once, on the real shapes of this objective's model inputs.
+        counter = FlopCounterMode(display=False) if self.flops_per_batch is None else contextlib.nullcontext()
+        with counter:
+            pred = self(window, self.batch_generator("train", batch_idx, window.device))
+        if isinstance(counter, FlopCounterMode):
+            self.flops_per_batch = 3 * counter.get_total_flops()  # backward costs about twice the forward
         loss = F.cross_entropy(pred.logits.flatten(0, 1).float(), pred.targets.flatten(), ignore_index=IGNORE_INDEX)
         self.log("train/loss", loss, prog_bar=True)
         return loss
