@@ -108,19 +108,21 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_multirun_sweep(wikitext_overrides: list[str], tmp_path: Path) -> None:
-    result = run_cli(
-        "-m",
-        "optim.lr=1e-3,3e-4",
-        *wikitext_overrides,
-        *TINY,
-        "trainer.max_steps=2",
-        "trainer.val_check_interval=2",
-        "trainer.limit_val_batches=1",
-        f"hydra.sweep.dir={tmp_path}",
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+@pytest.fixture
+def tiny_cli(wikitext_overrides: list[str], tmp_path: Path):
+    """`python -m lmpre.train` on the prepared WikiText with the TINY model; it must succeed."""
+
+    def run(*overrides: str) -> subprocess.CompletedProcess[str]:
+        result = run_cli(*wikitext_overrides, *TINY, *overrides, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result
+
+    return run
+
+
+def test_multirun_sweep(tiny_cli, tmp_path: Path) -> None:
+    steps = ["trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.limit_val_batches=1"]
+    tiny_cli("hydra.mode=MULTIRUN", "optim.lr=1e-3,3e-4", *steps, f"hydra.sweep.dir={tmp_path}")  # = -m
     for job in ("0", "1"):
         assert (tmp_path / job / "checkpoints" / "last.ckpt").is_file()
         assert (tmp_path / job / ".hydra" / "overrides.yaml").is_file()
@@ -149,22 +151,11 @@ def test_missing_checkpoint_is_a_clear_error(tiny_run, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_two_cpu_processes(strategy: str, wikitext_overrides: list[str], tmp_path: Path) -> None:
+def test_two_cpu_processes(strategy: str, tiny_cli, tmp_path: Path) -> None:
     """DDP and FSDP2 (ModelParallelStrategy + fully_shard) with gloo, as they would run on GPUs."""
-    result = run_cli(
-        f"trainer={strategy}",
-        "trainer.accelerator=cpu",
-        "trainer.devices=2",
-        "trainer.precision=32-true",
-        *wikitext_overrides,
-        *TINY,
-        "optim.lr=3e-3",
-        "trainer.max_steps=30",
-        "trainer.val_check_interval=15",
-        f"hydra.run.dir={tmp_path}",
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    cpu = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true"]
+    steps = ["optim.lr=3e-3", "trainer.max_steps=30", "trainer.val_check_interval=15"]
+    tiny_cli(f"trainer={strategy}", *cpu, *steps, f"hydra.run.dir={tmp_path}")
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
     val = [e.value for e in scalars(tmp_path).Scalars("val/loss")]
     assert len(val) == 3
