@@ -121,3 +121,11 @@ def test_cli_reports_a_bad_source_without_traceback(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert f"data.source={missing} is not a directory" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_every_spelling_of_a_source_dir_shares_one_key(small_config: DataConfig, tmp_path: Path) -> None:
+    assert small_config.source is not None
+    link = tmp_path / "link"
+    link.symlink_to(small_config.source)
+    for spelling in (str(link), f"{link}/./", str(Path(small_config.source).resolve())):
+        assert replace(small_config, source=spelling).key() == small_config.key(), spelling
