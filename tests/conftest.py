@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from lmpre.data import DataConfig, prepare_dataset
-from lmpre.data.sources import DEFAULT_SPLITS
+from lmpre.data.sources.wikitext import DEFAULT_SPLITS
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from litdata import StreamingDataLoader, StreamingDataset, TokensLoader
 from tokenizers import Tokenizer
 
 from lmpre.data.pipeline import MANIFEST, TOKENIZER, DataConfig, prepare_dataset
-from lmpre.data.sources import DEFAULT_SPLITS, PREPARED_SPLITS
+from lmpre.data.sources.wikitext import DEFAULT_SPLITS, PREPARED_SPLITS
 from lmpre.data.tokenizer import SpecialTokens, special_token_ids
 from lmpre.errors import DataError
 
@@ -58,6 +58,7 @@ class TokenDataModule(L.LightningDataModule):
         self.datasets: dict[str, StreamingDataset] = {}
         self._prepared_dir: Path | None = None
         self._tokenizer: Tokenizer | None = None
+        self._manifest: dict[str, Any] | None = None
 
     def prepare_data(self) -> None:
         """Build the tokenizer and shards unless an identical preparation exists (locked: safe on every rank)."""
@@ -73,8 +74,21 @@ class TokenDataModule(L.LightningDataModule):
 
     @property
     def manifest(self) -> dict[str, Any]:
-        """What the prepared data holds: its config, source files, counts per split and tokenizer facts."""
-        return json.loads((self.prepared_dir / MANIFEST).read_text())
+        """What the prepared data holds: its config, source files, counts per split and tokenizer facts.
+
+        Read once: a training keeps the facts of the data it started with."""
+        if self._manifest is None:
+            self._manifest = json.loads((self.prepared_dir / MANIFEST).read_text())
+        return self._manifest
+
+    @property
+    def provenance(self) -> dict[str, str]:
+        """Which prepared data a run reads: recorded in its checkpoints and compared on resume."""
+        return {
+            "data_key": self.prepared_dir.name,
+            "tokenizer_sha256": self.manifest["tokenizer"]["sha256"],
+            "prepared_dir": str(self.prepared_dir),
+        }
 
     @property
     def tokenizer(self) -> Tokenizer:

@@ -15,7 +15,7 @@ from filelock import FileLock
 from lmpre import __version__
 from lmpre.data.documents import FORMATS, TextSpan, read_documents, split_spans
 from lmpre.data.shards import CHUNK_TOKENS, token_dtype, write_token_shards
-from lmpre.data.sources import PREPARED_SPLITS, download_wikitext, resolve_split_files
+from lmpre.data.sources.wikitext import PREPARED_SPLITS, download_wikitext, resolve_split_files
 from lmpre.data.tokenizer import MIN_VOCAB_SIZE, special_token_ids, train_tokenizer
 from lmpre.errors import DataError
 

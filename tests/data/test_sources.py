@@ -6,8 +6,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from lmpre.data import DataConfig, prepare_dataset, read_manifest
-from lmpre.data import sources as sources_module
-from lmpre.data.sources import DEFAULT_SPLITS, download_wikitext, resolve_split_files
+from lmpre.data.sources import wikitext as sources_module
+from lmpre.data.sources.wikitext import DEFAULT_SPLITS, download_wikitext, resolve_split_files
 from lmpre.errors import DataError
 
 HUB_CONFIG = DataConfig(
