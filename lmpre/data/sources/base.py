@@ -101,6 +101,13 @@ class Source(ABC):
         (e.g. `skipped.redirect`), so the cleaning report shows it; bad input that cannot be skipped raises a
         DataError naming the file, the line and the setting to change."""
 
+    def clean(self, document: Document) -> Document | str:
+        """Turn what `read` yielded into plain text, or say why the document is dropped (e.g. `redirect`).
+
+        Runs in the worker processes, in parallel, before the filters: costly conversions (wiki markup) go here
+        rather than in `read`, which may run in one process per file."""
+        return document
+
     def decode(self, data: bytes, where: str, stats: Counter[str]) -> str:
         """UTF-8 text of `data`, by the `encoding_errors` policy; replaced bytes are counted either way."""
         try:
