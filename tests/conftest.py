@@ -1,47 +1,54 @@
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig
 
-from lmpre.data import DataConfig, prepare_dataset
-from lmpre.data.sources.wikitext import DEFAULT_SPLITS
+from lmpre.data import TokenDataModule
+from lmpre.data.corpora import bundled
+
+# data=wiki (the bundled WikiText-2) with a 512-token vocabulary: seconds to prepare, real text throughout.
+WIKI = ["data=wiki", "data.tokenizer.vocab_size=512"]
+
+
+def compose_config(name: str, *overrides: str) -> DictConfig:
+    with initialize_config_module(config_module="lmpre.conf", version_base="1.3"):
+        return compose(config_name=name, overrides=list(overrides))
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The real corpora in ../shared/data beside the repository (see its README)."""
+    """The larger corpora in ../shared/data beside the repository (see its README); tests that need them skip
+    without it. The bundled corpora (lmpre.data.corpora) serve every other test."""
     path = Path(__file__).resolve().parents[1].parent / "shared" / "data"
     if not path.is_dir():
-        pytest.skip(f"real corpora not found at {path}: tests on real text need ../shared/data beside the repo")
+        pytest.skip(f"larger corpora not found at {path}: this test needs ../shared/data beside the repo")
     return path
 
 
 @pytest.fixture(scope="session")
-def wikitext_config(shared_data: Path) -> DataConfig:
-    """WikiText-2 with wiki.test.raw as train (there is no train file) and a 512-token vocabulary."""
-    return DataConfig(
-        source=str(shared_data / "wikitext-2-raw"),
-        splits={**DEFAULT_SPLITS, "train": "wiki.test.raw"},
-        format="wikitext",
-        vocab_size=512,
-        hub_repo="Salesforce/wikitext",
-        hub_config="wikitext-103-raw-v1",
-    )
+def wikitext_raw() -> Path:
+    """The bundled WikiText-2 raw files (xz-compressed)."""
+    return bundled("wikitext-2-raw")
 
 
 @pytest.fixture(scope="session")
-def prepared_wikitext(wikitext_config: DataConfig, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`wikitext_config` prepared once per session. Reuse it with the same config, e.g.
-    `TokenDataModule(**asdict(wikitext_config), output_dir=str(prepared_wikitext))`."""
+def wikitext_overrides(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """Hydra overrides that point `data=wiki` at a preparation made once per session."""
     tmp = tmp_path_factory.mktemp("prepared")
-    return prepare_dataset(wikitext_config, cache_dir=tmp / "cache", output_dir=tmp / "wikitext-2")
+    return [*WIKI, f"data.cache_dir={tmp / 'cache'}", f"data.output_dir={tmp / 'wiki'}"]
 
 
 @pytest.fixture(scope="session")
-def wikitext_overrides(wikitext_config: DataConfig, prepared_wikitext: Path) -> list[str]:
-    """Hydra overrides that point `data=wiki` at the session's prepared WikiText-2."""
-    return [
-        f"data.source={wikitext_config.source}",
-        f"data.splits.train={wikitext_config.splits['train']}",
-        f"data.vocab_size={wikitext_config.vocab_size}",
-        f"data.output_dir={prepared_wikitext}",
-    ]
+def wiki_data(wikitext_overrides: list[str]) -> TokenDataModule:
+    """The session's prepared `data=wiki`, as the training entry point builds it."""
+    from hydra.utils import instantiate
+
+    datamodule: TokenDataModule = instantiate(compose_config("train", *wikitext_overrides).data)
+    datamodule.prepare_data()
+    return datamodule
+
+
+@pytest.fixture(scope="session")
+def prepared_wikitext(wiki_data: TokenDataModule) -> Path:
+    return wiki_data.prepared_dir

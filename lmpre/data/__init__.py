@@ -1,16 +1,26 @@
-"""Raw text -> documents -> byte-level BPE -> litdata token shards -> Lightning batches."""
+"""Sources -> documents (cleaned, filtered, deduplicated) -> tokenizer -> litdata shards -> Lightning batches."""
 
 from typing import Any
 
-from lmpre.data.pipeline import DataConfig, prepare_dataset, read_manifest
-from lmpre.data.tokenizer import SPECIAL_TOKENS, special_token_ids
+from lmpre.data.document import Document
+from lmpre.data.pipeline import DataRecipe, prepare_dataset, read_manifest
+from lmpre.data.tokenizer import SPECIAL_TOKENS, TokenizerSpec, special_token_ids
 
-__all__ = ["SPECIAL_TOKENS", "DataConfig", "TokenDataModule", "prepare_dataset", "read_manifest", "special_token_ids"]
+__all__ = [
+    "SPECIAL_TOKENS",
+    "DataRecipe",
+    "Document",
+    "TokenDataModule",
+    "TokenizerSpec",
+    "prepare_dataset",
+    "read_manifest",
+    "special_token_ids",
+]
 
 
 def __getattr__(name: str) -> Any:
-    # TokenDataModule is imported on first use: litdata's spawned tokenization workers import this package,
-    # and importing Lightning there would add about two seconds to every preparation.
+    # Imported on first use: preparation's worker processes import this package, and importing Lightning there
+    # would add seconds to every preparation.
     if name == "TokenDataModule":
         from lmpre.data.datamodule import TokenDataModule
 

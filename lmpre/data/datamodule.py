@@ -1,20 +1,36 @@
-"""Prepared text as fixed-length token windows for Lightning, streamed by litdata and resumable mid-epoch."""
+"""Prepared text as fixed-length token windows for Lightning, streamed by litdata and resumable mid-epoch;
+several sources are mixed by weight as they are read (a weight change rebuilds nothing)."""
 
-import json
-from collections.abc import Mapping
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from litdata import StreamingDataLoader, StreamingDataset, TokensLoader
+from litdata import CombinedStreamingDataset, StreamingDataLoader, StreamingDataset, TokensLoader
 from tokenizers import Tokenizer
 
-from lmpre.data.pipeline import MANIFEST, TOKENIZER, DataConfig, prepare_dataset
-from lmpre.data.sources.wikitext import DEFAULT_SPLITS, PREPARED_SPLITS
-from lmpre.data.tokenizer import SpecialTokens, special_token_ids
+from lmpre.data.dedup import Deduplication
+from lmpre.data.filters import Filter
+from lmpre.data.pipeline import TOKENIZER, DataRecipe, prepare_dataset, read_manifest
+from lmpre.data.sources import Source
+from lmpre.data.tokenizer import SpecialTokens, TokenizerSpec, special_token_ids
 from lmpre.errors import DataError
+
+
+class SourceWindows(StreamingDataset):
+    """Windows of one source, tagged with the source's index so the mixture actually drawn can be counted."""
+
+    def __init__(self, input_dir: str, source_index: int, **kwargs: Any) -> None:
+        super().__init__(input_dir, **kwargs)
+        self.source_index = source_index
+
+    def __getitem__(self, index: Any) -> tuple[int, np.ndarray]:
+        return self.source_index, super().__getitem__(index)
 
 
 class TokenDataModule(L.LightningDataModule):
@@ -26,43 +42,59 @@ class TokenDataModule(L.LightningDataModule):
 
     def __init__(
         self,
+        sources: Mapping[str, Source],
         source: str | None = None,
-        splits: Mapping[str, str] | None = None,
-        format: str = "wikitext",
-        vocab_size: int = 8192,
-        hub_repo: str = "Salesforce/wikitext",
-        hub_config: str = "wikitext-103-raw-v1",
+        filters: Mapping[str, Filter | None] | Sequence[Filter] | None = None,
+        dedup: Deduplication | None = None,
+        tokenizer: TokenizerSpec | Mapping[str, Any] | None = None,
+        removed_examples: int = 0,
         output_dir: str | None = None,
         cache_dir: str = "~/.cache/lmpre",
+        workers: int | None = None,
         seq_len: int = 256,
         batch_size: int = 16,
         num_workers: int = 0,
         seed: int = 42,
     ) -> None:
         super().__init__()
-        self.config = DataConfig(
-            source=source,
-            splits={**DEFAULT_SPLITS, **{str(split): str(name) for split, name in (splits or {}).items()}},
-            format=format,
-            vocab_size=vocab_size,
-            hub_repo=hub_repo,
-            hub_config=hub_config,
+        sources = dict(sources)
+        if source is not None:
+            if len(sources) != 1:
+                raise DataError(
+                    f"data.source sets the path of a single-source data config, but this one mixes {len(sources)} "
+                    f"sources: set data.sources.NAME.path for each of {', '.join(sources)} instead."
+                )
+            next(iter(sources.values())).path = source
+        if isinstance(filters, Mapping):  # from Hydra: named, in order; a filter set to null is off
+            filters = [f for f in filters.values() if f is not None]
+        self.recipe = DataRecipe(
+            sources=sources,
+            filters=list(filters or []),
+            dedup=dedup,
+            tokenizer=tokenizer if isinstance(tokenizer, TokenizerSpec) else TokenizerSpec(**(tokenizer or {})),
+            removed_examples=removed_examples,
         )
         self.output_dir = Path(output_dir).expanduser() if output_dir else None
         self.cache_dir = Path(cache_dir).expanduser()
+        self.workers = workers
         self.seq_len = seq_len
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
         self.window = seq_len + 1
-        self.datasets: dict[str, StreamingDataset] = {}
+        self.datasets: dict[str, StreamingDataset | CombinedStreamingDataset] = {}
+        self.drawn: Counter[str] = Counter()  # train windows read per source
         self._prepared_dir: Path | None = None
         self._tokenizer: Tokenizer | None = None
         self._manifest: dict[str, Any] | None = None
 
+    def check(self) -> None:
+        """Raise on settings that cannot work, before any data is prepared."""
+        self.recipe.check()
+
     def prepare_data(self) -> None:
-        """Build the tokenizer and shards unless an identical preparation exists (locked: safe on every rank)."""
-        self._prepared_dir = prepare_dataset(self.config, self.cache_dir, self.output_dir)
+        """Build what is missing of the prepared data (locked: safe on every rank); reuse the rest."""
+        self._prepared_dir = prepare_dataset(self.recipe, self.cache_dir, self.output_dir, self.workers)
 
     @property
     def prepared_dir(self) -> Path:
@@ -74,18 +106,21 @@ class TokenDataModule(L.LightningDataModule):
 
     @property
     def manifest(self) -> dict[str, Any]:
-        """What the prepared data holds: its config, source files, counts per split and tokenizer facts.
+        """What the prepared data holds: settings, sources, counts per split, cleaning report, tokenizer facts.
 
         Read once: a training keeps the facts of the data it started with."""
         if self._manifest is None:
-            self._manifest = json.loads((self.prepared_dir / MANIFEST).read_text())
+            manifest = read_manifest(self.prepared_dir)
+            if manifest is None:
+                raise DataError(f"{self.prepared_dir} holds no complete lmpre preparation: prepare it again.")
+            self._manifest = manifest
         return self._manifest
 
     @property
     def provenance(self) -> dict[str, str]:
         """Which prepared data a run reads: recorded in its checkpoints and compared on resume."""
         return {
-            "data_key": self.prepared_dir.name,
+            "data_key": self.manifest["key"],
             "tokenizer_sha256": self.manifest["tokenizer"]["sha256"],
             "prepared_dir": str(self.prepared_dir),
         }
@@ -98,7 +133,7 @@ class TokenDataModule(L.LightningDataModule):
 
     @property
     def vocab_size(self) -> int:
-        """The trained vocabulary's size (at most the requested `vocab_size`)."""
+        """The tokenizer's vocabulary size, special tokens included."""
         return self.tokenizer.get_vocab_size()
 
     @property
@@ -109,10 +144,10 @@ class TokenDataModule(L.LightningDataModule):
     def bytes_per_token(self) -> float:
         """UTF-8 bytes of val text per val token: converts loss in nats/token to bits per byte."""
         val = self.manifest["splits"]["val"]
-        return val["bytes"] / val["tokens"]
+        return float(val["bytes"] / val["tokens"])
 
     def setup(self, stage: str | None = None) -> None:
-        for split in PREPARED_SPLITS:
+        for split in ("train", "val"):
             if split not in self.datasets:
                 self.datasets[split] = self._windows(split)
 
@@ -122,21 +157,57 @@ class TokenDataModule(L.LightningDataModule):
     def val_dataloader(self) -> StreamingDataLoader:
         return self._loader("val")
 
-    def _windows(self, split: str) -> StreamingDataset:
-        dataset = StreamingDataset(
-            input_dir=str(self.prepared_dir / split),
-            item_loader=TokensLoader(block_size=self.window),
-            shuffle=split == "train",
-            seed=self.seed,
-            drop_last=True,
-        )
-        if len(dataset) == 0:
+    def test_dataloader(self) -> StreamingDataLoader:
+        if "test" not in self.datasets:
+            self.datasets["test"] = self._windows("test")
+        return self._loader("test")
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> torch.Tensor:
+        trainer = self._trainer
+        if trainer is not None and trainer.training:
+            names = list(self.manifest["sources"])
+            self.drawn.update(names[i] for i in batch["source"].tolist())
+            if len(names) > 1 and trainer.global_step % max(trainer.log_every_n_steps, 1) == 0:
+                total = sum(self.drawn.values())
+                shares = {f"data/share/{name}": self.drawn[name] / total for name in names}
+                for logger in trainer.loggers:
+                    logger.log_metrics(shares, step=trainer.global_step)
+        return batch["tokens"]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"drawn": dict(self.drawn)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.drawn = Counter(state_dict.get("drawn", {}))
+
+    def _windows(self, split: str) -> StreamingDataset | CombinedStreamingDataset:
+        """Each source's windows of `split`; several sources are drawn by weight (train) or all read (val, test)."""
+        datasets, weights = [], []
+        for index, (name, facts) in enumerate(self.manifest["sources"].items()):
+            if facts["splits"][split]["tokens"] < self.window:
+                continue
+            datasets.append(
+                SourceWindows(
+                    str(self.prepared_dir / name / split),
+                    index,
+                    item_loader=TokensLoader(block_size=self.window),
+                    shuffle=split == "train",
+                    seed=self.seed,
+                    drop_last=True,
+                )
+            )
+            weights.append(facts["weight"])
+        if not datasets or not any(len(dataset) for dataset in datasets):
             tokens = self.manifest["splits"][split]["tokens"]
             raise DataError(
                 f"The {split} split has {tokens} tokens, fewer than one window of {self.window} "
                 f"(data.seq_len={self.seq_len}): lower data.seq_len or add text to the split."
             )
-        return dataset
+        if len(datasets) == 1:
+            return datasets[0]
+        if split == "train":
+            return CombinedStreamingDataset(datasets, seed=self.seed, weights=weights, iterate_over_all=False)
+        return CombinedStreamingDataset(datasets, seed=self.seed, iterate_over_all=True)
 
     def _loader(self, split: str) -> StreamingDataLoader:
         return StreamingDataLoader(
@@ -147,6 +218,9 @@ class TokenDataModule(L.LightningDataModule):
         )
 
 
-def stack_windows(windows: list[np.ndarray]) -> torch.Tensor:
-    """Collate uint16/int32 windows into one int64 tensor, the dtype embeddings and losses take."""
-    return torch.from_numpy(np.stack(windows).astype(np.int64))
+def stack_windows(items: list[tuple[int, np.ndarray]]) -> dict[str, torch.Tensor]:
+    """Collate windows into one int64 tensor (the dtype embeddings and losses take) and their source indices."""
+    return {
+        "tokens": torch.from_numpy(np.stack([window for _, window in items]).astype(np.int64)),
+        "source": torch.tensor([index for index, _ in items]),
+    }

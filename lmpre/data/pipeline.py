@@ -1,175 +1,246 @@
-"""Prepare a dataset once: raw splits -> documents -> tokenizer -> token shards + manifest, reused across runs."""
+"""Prepare data once: sources -> documents stage (read, clean, filter) -> deduplication -> tokenizer -> token
+shards + manifest. Each stage is a directory under its own key, so a changed setting rebuilds only what it
+affects, and every complete directory is immutable: a rebuild goes to a new one."""
 
-import hashlib
+from __future__ import annotations
+
 import json
 import logging
-import shutil
-import tempfile
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+import os
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
+import numpy as np
 
 from lmpre import __version__
-from lmpre.data.documents import FORMATS, TextSpan, read_documents, split_spans
+from lmpre.data.cache import build_once, describe, describe_files, key_of, sha256_file
+from lmpre.data.curate import Curation, curate, exact_keys, read_documents, signatures
+from lmpre.data.dedup import Deduplication
+from lmpre.data.document import SPLITS
+from lmpre.data.filters import Filter
 from lmpre.data.shards import CHUNK_TOKENS, token_dtype, write_token_shards
-from lmpre.data.sources.wikitext import PREPARED_SPLITS, download_wikitext, resolve_split_files
-from lmpre.data.tokenizer import MIN_VOCAB_SIZE, special_token_ids, train_tokenizer
+from lmpre.data.sources import Source
+from lmpre.data.tokenizer import TokenizerSpec, build_tokenizer, special_token_ids
 from lmpre.errors import DataError
 
 log = logging.getLogger(__name__)
 
-# Bump when the prepared bytes change for an unchanged config (cleaning, tokenizer, layout): forces a rebuild.
-PIPELINE_VERSION = 1
-SPAN_BYTES = 8 * 2**20  # raw text per tokenization task: bounds worker memory on large files
+# Bump when the prepared bytes change for unchanged settings (cleaning, layout): forces a rebuild.
+PIPELINE_VERSION = 2
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
-_PREPARED_NAMES = {*PREPARED_SPLITS, TOKENIZER, MANIFEST}
+STAGE = "stage.json"  # written last into a documents stage: its report, and the mark that it is complete
 
 
-@dataclass(frozen=True)
-class DataConfig:
-    """The settings that determine prepared data: equal configs share one prepared directory."""
+@dataclass
+class DataRecipe:
+    """Everything that decides the prepared data."""
 
-    source: str | None  # a directory, or None for the Hub
-    splits: dict[str, str]
-    format: str
-    vocab_size: int
-    hub_repo: str
-    hub_config: str
+    sources: Mapping[str, Source]
+    filters: Sequence[Filter] = ()
+    dedup: Deduplication | None = None
+    tokenizer: TokenizerSpec = field(default_factory=TokenizerSpec)
+    removed_examples: int = 0  # removed documents written per source and reason to removed.jsonl, for auditing
 
-    def __post_init__(self) -> None:
-        # One spelling per directory (relative, ~, symlinks): the key and the manifest compare paths as text.
-        if self.source:
-            object.__setattr__(self, "source", str(Path(self.source).expanduser().resolve()))
+    def check(self) -> None:
+        """Every setting that cannot work, before any expensive work."""
+        if not self.sources:
+            raise DataError("data.sources is empty: name at least one source (see conf/source/).")
+        for name, source in self.sources.items():
+            source.name = name
+            source.check()
+        self.tokenizer.check()
 
-    def fingerprint(self) -> dict[str, Any]:
-        return {**asdict(self), "pipeline_version": PIPELINE_VERSION}
-
-    def key(self) -> str:
-        return hashlib.sha256(json.dumps(self.fingerprint(), sort_keys=True).encode()).hexdigest()[:16]
+    def curation(self) -> Curation:
+        minhash = self.dedup.minhasher() if self.dedup else None
+        return Curation(self.filters, minhash, dedup=self.dedup is not None)
 
 
-def prepare_dataset(config: DataConfig, cache_dir: Path, output_dir: Path | None = None) -> Path:
-    """Return a directory with complete prepared data for `config`, building it only when none is there.
+def prepare_dataset(recipe: DataRecipe, cache_dir: Path, output_dir: Path | None = None, workers: int | None = None) -> Path:
+    """Return a directory with complete prepared data for `recipe`, building only what is not there yet.
 
-    Without `output_dir` it is `cache_dir/prepared/<config key>`. Safe to call from several processes (DDP
-    ranks): the first builds under a file lock, the others wait and reuse. Tokenization runs in worker
-    processes that import `__main__`: call this from a script under `if __name__ == "__main__":`.
+    Without `output_dir` it is `cache_dir/prepared/<key>`, the key covering every setting and the content of
+    every source file. Safe to call from several processes (DDP ranks): one builds, the others wait and reuse.
     """
-    if config.format not in FORMATS:
-        raise DataError(f"data.format={config.format} is not one of {', '.join(FORMATS)}.")
-    if config.vocab_size < MIN_VOCAB_SIZE:
-        raise DataError(
-            f"data.vocab_size={config.vocab_size} is too small: byte-level BPE needs at least {MIN_VOCAB_SIZE} "
-            "(its 256 byte tokens plus the special tokens)."
-        )
-    target = output_dir.resolve() if output_dir else cache_dir / "prepared" / config.key()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(target.with_name(f"{target.name}.lock")):
-        if config.source:
-            source = Path(config.source)
-        else:
-            source = download_wikitext(config.hub_repo, config.hub_config, cache_dir)
-        files = resolve_split_files(source, config.splits)
-        if _is_reusable(target, config, files):
-            log.info("reusing prepared data at %s", target)
-            return target
-        for stale in target.parent.glob(f"{target.name}.partial-*"):  # left by an interrupted build
-            shutil.rmtree(stale)
-        partial = Path(tempfile.mkdtemp(prefix=f"{target.name}.partial-", dir=target.parent))
-        _build(partial, config, files)
-        if target.exists():
-            shutil.rmtree(target)
-        partial.replace(target)
-        log.info("prepared data at %s", target)
+    recipe.check()
+    workers = workers or os.cpu_count() or 1
+    stages = {name: _documents_stage(source, recipe, cache_dir, workers) for name, source in recipe.sources.items()}
+    settings = {
+        "pipeline_version": PIPELINE_VERSION,
+        "documents": {name: stage.name for name, stage in stages.items()},
+        "dedup": describe(recipe.dedup) if recipe.dedup else None,
+        "tokenizer": _describe_tokenizer(recipe.tokenizer),
+    }
+    key = key_of(settings)
+    target = output_dir.expanduser().resolve() if output_dir else cache_dir / "prepared" / key
+    if output_dir:
+        _check_output_dir(target, key, settings)
+
+    def build(out: Path) -> None:
+        _build(out, recipe, stages, key, settings)
+
+    built = build_once(target, cache_dir / "locks", lambda path: _manifest_key(path) == key, build)
+    log.info("%s prepared data at %s", "built" if built else "reusing", target)
     return target
 
 
 def read_manifest(prepared_dir: Path) -> dict[str, Any] | None:
-    """The manifest of a prepared directory, or None when the directory is missing or incomplete."""
-    path = prepared_dir / MANIFEST
-    return json.loads(path.read_text()) if path.is_file() else None
+    """The manifest of a prepared directory, or None when there is none that lmpre wrote."""
+    try:
+        manifest = json.loads((prepared_dir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and manifest.get("format") == "lmpre.prepared" else None
 
 
-def _build(out: Path, config: DataConfig, files: dict[str, list[Path]]) -> None:
-    """Write tokenizer, shards and (last) the manifest of `config` into the empty directory `out`."""
-    spans = {
-        split: [span for path in files[split] for span in split_spans(path, config.format, SPAN_BYTES)]
-        for split in PREPARED_SPLITS
+def _manifest_key(prepared_dir: Path) -> str | None:
+    manifest = read_manifest(prepared_dir)
+    return manifest["key"] if manifest else None
+
+
+def _check_output_dir(target: Path, key: str, settings: dict[str, Any]) -> None:
+    """Never delete or overwrite what lmpre did not write, nor a complete preparation of other settings."""
+    if target.exists() and not target.is_dir():
+        raise DataError(f"data.output_dir={target} is a file: choose a directory (new or empty).")
+    if not target.is_dir() or not any(target.iterdir()):
+        return
+    manifest = read_manifest(target)
+    if manifest is None:
+        raise DataError(
+            f"data.output_dir={target} is not empty and holds no lmpre manifest: lmpre writes only into a new or "
+            "empty directory, or one it prepared. Choose another data.output_dir."
+        )
+    if manifest["key"] != key:
+        differing = sorted(k for k in settings if manifest.get("settings", {}).get(k) != settings[k])
+        raise DataError(
+            f"data.output_dir={target} holds data prepared from other settings or source files (differing: "
+            f"{', '.join(differing)}). A prepared directory is never rebuilt in place (a training may be reading "
+            "it): choose another data.output_dir, or delete this one."
+        )
+
+
+def _describe_tokenizer(spec: TokenizerSpec) -> dict[str, Any]:
+    described = asdict(spec)
+    if spec.kind == "file":
+        described["sha256"] = sha256_file(Path(str(spec.path)).expanduser())
+    return described
+
+
+def _documents_stage(source: Source, recipe: DataRecipe, cache_dir: Path, workers: int) -> Path:
+    """The documents of one source, built once per source, settings and file contents: every preparation and
+    mixture that names the same source reuses them."""
+    curation = recipe.curation()
+    settings = {
+        "source": source.settings(),
+        "files": describe_files(source.files()),
+        "filters": [describe(f) for f in curation.filters],
+        "minhash": describe(curation.minhash) if curation.minhash else None,
+        "dedup": curation.dedup,
+        "pipeline_version": PIPELINE_VERSION,
     }
-    counts = {split: _count_documents(spans[split], config.format, files[split]) for split in PREPARED_SPLITS}
-    tokenizer = train_tokenizer(_documents(spans["train"], config.format), config.vocab_size)
+    stage = cache_dir / "documents" / f"{source.name}-{key_of(settings)}"
+
+    def build(out: Path) -> None:
+        report = curate(source, curation, out, workers)
+        (out / STAGE).write_text(json.dumps({"settings": settings, **report}, indent=1))
+
+    build_once(stage, cache_dir / "locks", lambda path: (path / STAGE).is_file(), build)
+    return stage
+
+
+def _build(out: Path, recipe: DataRecipe, stages: dict[str, Path], key: str, settings: dict[str, Any]) -> None:
+    """Write tokenizer, shards and (last) the manifest into the empty directory `out`."""
+    reports = {name: json.loads((stage / STAGE).read_text()) for name, stage in stages.items()}
+    keep = _deduplicate(stages, recipe.dedup)
+    tokenizer = build_tokenizer(recipe.tokenizer, _train_sample(stages, keep, recipe))
     tokenizer.save(str(out / TOKENIZER))
-    dtype = token_dtype(tokenizer.get_vocab_size())
-    splits = {}
-    for split in PREPARED_SPLITS:
-        tokens = write_token_shards(spans[split], out / split, out / TOKENIZER, config.format, dtype)
-        if tokens < counts[split]["documents"]:  # every document ends with end-of-text
-            raise RuntimeError(f"litdata wrote {tokens} tokens for the {split} split: its worker failed, see above")
-        splits[split] = {"files": [_describe_file(path) for path in files[split]], **counts[split], "tokens": tokens}
+    sources: dict[str, Any] = {}
+    for name, stage in stages.items():
+        counts = Counter(reports[name]["counts"])
+        splits = {}
+        for split in SPLITS:
+            mask = keep[name][split]
+            splits[split] = write_token_shards(read_documents(stage, split), mask, out / name / split, tokenizer)
+            counts[f"removed.dedup.{split}"] = int((~mask).sum())
+        sources[name] = {
+            "documents_stage": str(stage),
+            "weight": recipe.sources[name].weight,
+            "files": reports[name]["settings"]["files"],
+            "report": dict(sorted(counts.items())),
+            "splits": splits,
+        }
+    _write_removed_examples(out, reports, recipe.removed_examples)
     manifest = {
-        "config": config.fingerprint(),
+        "format": "lmpre.prepared",
+        "key": key,
+        "settings": settings,
         "lmpre_version": __version__,
-        "splits": splits,
+        "sources": sources,
+        "splits": {
+            split: {stat: sum(s["splits"][split][stat] for s in sources.values()) for stat in ("documents", "bytes", "tokens")}
+            for split in SPLITS
+        },
         "tokenizer": {
-            "sha256": _sha256(out / TOKENIZER),
+            "sha256": sha256_file(out / TOKENIZER),
             "vocab_size": tokenizer.get_vocab_size(),
             "special_tokens": special_token_ids(tokenizer),
         },
-        "dtype": dtype.name,
+        "dtype": token_dtype(tokenizer.get_vocab_size()).name,
         "chunk_tokens": CHUNK_TOKENS,
     }
+    for split in ("train", "val"):
+        if manifest["splits"][split]["tokens"] == 0:
+            raise DataError(
+                f"The {split} split is empty after cleaning and deduplication: add text, raise the sources' "
+                "val_fraction, or relax the filters (counts: python -m lmpre.prepare prints them)."
+            )
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
 
 
-def _is_reusable(target: Path, config: DataConfig, files: dict[str, list[Path]]) -> bool:
-    """True when `target` holds complete data of `config` built from source files of the same sizes."""
-    manifest = read_manifest(target)
-    if manifest is None:
-        if target.exists() and not {path.name for path in target.iterdir()} <= _PREPARED_NAMES:
-            raise DataError(f"{target} holds other files than prepared data: choose another data.output_dir.")
-        return False
-    fingerprint = config.fingerprint()
-    if manifest["config"] != fingerprint:
-        differing = sorted(key for key in fingerprint if manifest["config"].get(key) != fingerprint[key])
-        raise DataError(
-            f"{target} holds data prepared with a different config ({', '.join(differing)} differ): "
-            "delete it or choose another data.output_dir."
-        )
-    recorded = [(f["path"], f["size"]) for split in PREPARED_SPLITS for f in manifest["splits"][split]["files"]]
-    current = [(str(path), path.stat().st_size) for split in PREPARED_SPLITS for path in files[split]]
-    if recorded != current:
-        log.info("source files changed since %s was prepared: rebuilding it", target)
-        return False
-    return True
+def _deduplicate(stages: dict[str, Path], dedup: Deduplication | None) -> dict[str, dict[str, np.ndarray]]:
+    """Which documents survive deduplication across every source and split: val and test documents enter the
+    index first, so a train document that repeats one of them is dropped from train (validation then never
+    measures memorisation)."""
+    counts = {name: {split: _count_lines(stage, split) for split in SPLITS} for name, stage in stages.items()}
+    keep = {name: {split: np.ones(n, dtype=bool) for split, n in splits.items()} for name, splits in counts.items()}
+    if dedup is None:
+        return keep
+    index = dedup.index()
+    for split in ("val", "test", "train"):
+        for name, stage in stages.items():
+            sigs = signatures(stage, split) if dedup.near else None
+            for i, exact in enumerate(exact_keys(stage, split)):
+                if index.check(exact, sigs[i] if sigs is not None and len(sigs) else None) is not None:
+                    keep[name][split][i] = False
+    return keep
 
 
-def _documents(spans: list[TextSpan], format: str) -> Iterator[str]:
-    return (document for span in spans for document in read_documents(span, format))
+def _count_lines(stage: Path, split: str) -> int:
+    with (stage / f"{split}.jsonl").open("rb") as file:
+        return sum(1 for _ in file)
 
 
-def _count_documents(spans: list[TextSpan], format: str, files: list[Path]) -> dict[str, int]:
-    """Documents and UTF-8 bytes of cleaned text (the denominator of bits per byte); an empty split is an error."""
-    documents = num_bytes = 0
-    for document in _documents(spans, format):
-        documents += 1
-        num_bytes += len(document.encode())
-    if documents == 0:
-        names = ", ".join(map(str, files))
-        raise DataError(f"No text in {names}: point data.source or data.splits at files with text.")
-    return {"documents": documents, "bytes": num_bytes}
+def _train_sample(stages: dict[str, Path], keep: dict[str, dict[str, np.ndarray]], recipe: DataRecipe) -> Iterator[str]:
+    """Kept train documents of every source, each source's share of the tokenizer sample in proportion to its
+    weight, so the vocabulary fits the mixture that is trained on."""
+    total = sum(source.weight for source in recipe.sources.values())
+    for name, stage in stages.items():
+        budget = recipe.tokenizer.sample_bytes * recipe.sources[name].weight / total
+        used = 0
+        for text, kept in zip(read_documents(stage, "train"), keep[name]["train"], strict=True):
+            if kept:
+                yield text
+                used += len(text.encode())
+                if used >= budget:
+                    break
 
 
-def _describe_file(path: Path) -> dict[str, Any]:
-    return {"path": str(path), "size": path.stat().st_size, "sha256": _sha256(path)}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while block := file.read(2**20):
-            digest.update(block)
-    return digest.hexdigest()
+def _write_removed_examples(out: Path, reports: dict[str, dict[str, Any]], per_reason: int) -> None:
+    with (out / "removed.jsonl").open("w", encoding="utf-8") as file:
+        for name, report in reports.items():
+            for reason, examples in report["removed_examples"].items():
+                for example in examples[:per_reason]:
+                    file.write(json.dumps({"source": name, "reason": reason, **example}, ensure_ascii=False) + "\n")

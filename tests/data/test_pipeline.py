@@ -1,131 +1,243 @@
+"""Preparation end to end on real text: what the manifest says, what is reused, what is never touched."""
+
 import json
+import os
+import signal
+import stat
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from lmpre.data import DataConfig, prepare_dataset, read_manifest
+from lmpre.data import DataRecipe, TokenizerSpec, prepare_dataset, read_manifest
 from lmpre.data import pipeline as pipeline_module
-from lmpre.data.documents import TextSpan
-from lmpre.data.pipeline import TOKENIZER
+from lmpre.data.cache import sha256_file
+from lmpre.data.curate import read_documents
+from lmpre.data.dedup import Deduplication
+from lmpre.data.filters import Normalize
+from lmpre.data.pipeline import MANIFEST, STAGE, TOKENIZER
+from lmpre.data.sources.base import open_binary
+from lmpre.data.sources.wikitext import WikiText
 from lmpre.errors import DataError
 
 
-def test_manifest_matches_sources_shards_and_tokenizer(prepared_wikitext: Path, wikitext_config: DataConfig) -> None:
+@pytest.fixture
+def articles(wikitext_raw: Path) -> list[str]:
+    """The articles of the bundled wiki.valid.raw, as raw text."""
+    lines = open_binary(wikitext_raw / "wiki.valid.raw.xz").read().decode().splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines) if line.startswith(" = ") and not line.startswith(" = =")]
+    return ["".join(lines[a:b]) for a, b in zip(starts, [*starts[1:], len(lines)], strict=True)]
+
+
+@pytest.fixture
+def recipe(articles: list[str], tmp_path: Path) -> DataRecipe:
+    """Twelve real articles in a writable directory, held out by hash, with a 400-token BPE."""
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "wiki.small.raw").write_text("".join(articles[:12]))
+    return DataRecipe(
+        sources={"wiki": WikiText(str(source), val_fraction=0.25, test_fraction=0.1)},
+        filters=[Normalize()],
+        dedup=Deduplication(),
+        tokenizer=TokenizerSpec(vocab_size=400),
+    )
+
+
+def test_manifest_matches_documents_shards_and_tokenizer(prepared_wikitext: Path) -> None:
     manifest = read_manifest(prepared_wikitext)
     assert manifest is not None
-    assert manifest["config"] == wikitext_config.fingerprint()
     assert manifest["dtype"] == "uint16"
     assert manifest["tokenizer"]["vocab_size"] == 512
-    assert manifest["tokenizer"]["special_tokens"]["eot"] == 0
-    assert manifest["tokenizer"]["sha256"] == pipeline_module._sha256(prepared_wikitext / TOKENIZER)
-    for split, file_name, documents in [("train", "wiki.test.raw", 62), ("val", "wiki.valid.raw", 60)]:
-        stats = manifest["splits"][split]
-        raw = Path(wikitext_config.source) / file_name
-        assert stats["files"] == [
-            {"path": str(raw), "size": raw.stat().st_size, "sha256": pipeline_module._sha256(raw)}
-        ]
-        assert stats["documents"] == documents
-        assert 0.99 * raw.stat().st_size < stats["bytes"] < raw.stat().st_size  # trailing spaces stripped
-        chunks = json.loads((prepared_wikitext / split / "index.json").read_text())["chunks"]
+    assert manifest["tokenizer"]["sha256"] == sha256_file(prepared_wikitext / TOKENIZER)
+    facts = manifest["sources"]["corpus"]
+    assert [Path(f["path"]).name for f in facts["files"]] == ["wiki.test.raw.xz", "wiki.valid.raw.xz"]
+    report = facts["report"]
+    kept = sum(facts["splits"][split]["documents"] for split in ("train", "val", "test"))
+    removed = sum(count for reason, count in report.items() if reason.startswith("removed."))
+    assert report["read.documents"] == kept + removed == 122
+    for split in ("train", "val", "test"):
+        stats = facts["splits"][split]
+        chunks = json.loads((prepared_wikitext / "corpus" / split / "index.json").read_text())["chunks"]
         assert stats["tokens"] == sum(chunk["dim"] for chunk in chunks)
         assert 1.5 < stats["bytes"] / stats["tokens"] < 3  # 409 merges on English
+        assert manifest["splits"][split] == stats  # one source: its splits are the totals
 
 
-def test_same_config_reuses_and_other_vocab_size_rebuilds(small_config: DataConfig, tmp_path: Path) -> None:
-    first = prepare_dataset(small_config, cache_dir=tmp_path / "cache")
-    built_at = (first / "manifest.json").stat().st_mtime_ns
-    assert prepare_dataset(small_config, cache_dir=tmp_path / "cache") == first
-    assert (first / "manifest.json").stat().st_mtime_ns == built_at
+def test_same_recipe_reuses_and_a_new_vocabulary_reuses_the_documents(recipe: DataRecipe, tmp_path: Path) -> None:
+    first = prepare_dataset(recipe, tmp_path / "cache")
+    built_at = (first / MANIFEST).stat().st_mtime_ns
+    assert prepare_dataset(recipe, tmp_path / "cache") == first
+    assert (first / MANIFEST).stat().st_mtime_ns == built_at
 
-    other = prepare_dataset(replace(small_config, vocab_size=400), cache_dir=tmp_path / "cache")
+    [stage] = (tmp_path / "cache" / "documents").iterdir()
+    staged_at = (stage / STAGE).stat().st_mtime_ns
+    other = prepare_dataset(replace(recipe, tokenizer=TokenizerSpec(vocab_size=380)), tmp_path / "cache")
     assert other != first
-    assert read_manifest(other)["tokenizer"]["vocab_size"] == 400
-    assert (first / "manifest.json").stat().st_mtime_ns == built_at
+    assert read_manifest(other)["tokenizer"]["vocab_size"] == 380
+    assert (stage / STAGE).stat().st_mtime_ns == staged_at  # the documents stage was reused, not rebuilt
+    assert (first / MANIFEST).stat().st_mtime_ns == built_at
 
 
-def test_changed_source_file_rebuilds(small_config: DataConfig, tmp_path: Path) -> None:
-    prepared = prepare_dataset(small_config, cache_dir=tmp_path / "cache")
-    tokens = read_manifest(prepared)["splits"]["val"]["tokens"]
-    with (Path(small_config.source) / "valid.raw").open("a") as file:
-        file.write(" = Appended =\n \n More text to tokenize .\n")
-    assert prepare_dataset(small_config, cache_dir=tmp_path / "cache") == prepared
-    assert read_manifest(prepared)["splits"]["val"]["tokens"] > tokens
+def test_a_source_edited_in_place_builds_a_new_directory(recipe: DataRecipe, tmp_path: Path) -> None:
+    prepared = prepare_dataset(recipe, tmp_path / "cache")
+    manifest = (prepared / MANIFEST).read_text()
+    path = tmp_path / "source" / "wiki.small.raw"
+    text = path.read_text()
+    path.write_text(text.replace("lobster", "Lobster", 1))  # same size, other content
+    rebuilt = prepare_dataset(recipe, tmp_path / "cache")
+    assert rebuilt != prepared
+    assert (prepared / MANIFEST).read_text() == manifest  # a training reading it keeps its data
+    assert [f["sha256"] for f in read_manifest(rebuilt)["sources"]["wiki"]["files"]] == [sha256_file(path)]
 
 
-def test_interrupted_preparation_is_never_used(
-    small_config: DataConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_prepared_directories_have_normal_permissions_and_no_locks_beside_them(recipe: DataRecipe, tmp_path: Path) -> None:
+    out = tmp_path / "out" / "wiki"
+    prepared = prepare_dataset(recipe, tmp_path / "cache", output_dir=out)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(prepared.stat().st_mode) == 0o777 & ~umask
+    assert sorted(path.name for path in out.parent.iterdir()) == ["wiki"]
+    assert all(path.suffix == ".lock" for path in (tmp_path / "cache" / "locks").iterdir())
+
+
+def test_a_failed_build_leaves_nothing_and_a_killed_one_is_cleaned_up(
+    recipe: DataRecipe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    write_token_shards = pipeline_module.write_token_shards
+    out = tmp_path / "out"
 
-    def interrupted_after_train(spans: list[TextSpan], out_dir: Path, *args: Any) -> int:
-        if out_dir.name == "val":
-            raise KeyboardInterrupt
-        return write_token_shards(spans, out_dir, *args)
+    def fail(*args: object) -> None:
+        raise RuntimeError("disk full")
 
-    monkeypatch.setattr(pipeline_module, "write_token_shards", interrupted_after_train)
-    target = tmp_path / "prepared"
-    with pytest.raises(KeyboardInterrupt):
-        prepare_dataset(small_config, cache_dir=tmp_path / "cache", output_dir=target)
-    assert not target.exists()
-    assert len(list(tmp_path.glob("prepared.partial-*/train/index.json"))) == 1
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline_module, "write_token_shards", fail)
+        with pytest.raises(RuntimeError, match="disk full"):
+            prepare_dataset(recipe, tmp_path / "cache", output_dir=out)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["cache", "source"]
 
-    monkeypatch.undo()
-    assert prepare_dataset(small_config, cache_dir=tmp_path / "cache", output_dir=target) == target
-    assert read_manifest(target) is not None
-    assert not list(tmp_path.glob("prepared.partial-*"))
-
-
-def test_output_dir_of_another_config_names_the_differences(
-    prepared_wikitext: Path, wikitext_config: DataConfig
-) -> None:
-    assert prepare_dataset(wikitext_config, Path("unused"), output_dir=prepared_wikitext) == prepared_wikitext
-    other = replace(wikitext_config, vocab_size=1024, format="text")
-    with pytest.raises(DataError, match=r"\(format, vocab_size differ\).*data.output_dir"):
-        prepare_dataset(other, Path("unused"), output_dir=prepared_wikitext)
-
-
-def test_output_dir_with_foreign_files_is_left_alone(small_config: DataConfig, tmp_path: Path) -> None:
-    (tmp_path / "mine").mkdir()
-    (tmp_path / "mine" / "notes.txt").write_text("keep me")
-    with pytest.raises(DataError, match="other files than prepared data"):
-        prepare_dataset(small_config, tmp_path / "cache", output_dir=tmp_path / "mine")
-    assert (tmp_path / "mine" / "notes.txt").exists()
-
-
-def test_empty_corpus_names_the_file(small_config: DataConfig, tmp_path: Path) -> None:
-    (Path(small_config.source) / "valid.raw").write_text("")
-    with pytest.raises(DataError, match=r"No text in .*valid\.raw"):
-        prepare_dataset(small_config, cache_dir=tmp_path / "cache")
+    stale = tmp_path / ".out.partial-99999999"  # as a SIGKILL would leave it
+    stale.mkdir()
+    (stale / MANIFEST).write_text("{}")
+    assert prepare_dataset(recipe, tmp_path / "cache", output_dir=out) == out
+    assert not stale.exists()
 
 
 @pytest.mark.parametrize(
-    ("changes", "message"), [({"format": "xml"}, "data.format=xml"), ({"vocab_size": 300}, "data.vocab_size=300")]
+    ("make", "message"),
+    [
+        (lambda out: (out / "train").mkdir(parents=True) or (out / "train" / "mine.txt").write_text("x"), "holds no lmpre manifest"),
+        (lambda out: out.mkdir() or (out / MANIFEST).write_text("not json {"), "holds no lmpre manifest"),
+        (lambda out: out.mkdir() or (out / MANIFEST).write_text('{"mine": 1}'), "holds no lmpre manifest"),
+        (lambda out: out.write_text("a file"), "is a file"),
+    ],
 )
-def test_invalid_settings_name_the_key(small_config: DataConfig, tmp_path: Path, changes: dict, message: str) -> None:
+def test_output_dir_that_lmpre_did_not_write_is_never_touched(recipe: DataRecipe, tmp_path: Path, make, message: str) -> None:
+    out = tmp_path / "mine"
+    make(out)
+    before = sorted((str(p), p.read_bytes()) for p in [out, *out.rglob("*")] if p.is_file())
     with pytest.raises(DataError, match=message):
-        prepare_dataset(replace(small_config, **changes), cache_dir=tmp_path / "cache")
+        prepare_dataset(recipe, tmp_path / "cache", output_dir=out)
+    assert sorted((str(p), p.read_bytes()) for p in [out, *out.rglob("*")] if p.is_file()) == before
 
 
-def test_cli_reports_a_bad_source_without_traceback(tmp_path: Path) -> None:
-    missing = tmp_path / "missing"
-    result = subprocess.run(
-        [sys.executable, "-m", "lmpre.prepare", "data=wiki", f"data.source={missing}", f"paths.cache_dir={tmp_path}"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 1
-    assert f"data.source={missing} is not a directory" in result.stderr
-    assert "Traceback" not in result.stderr + result.stdout
+def test_output_dir_of_other_settings_is_refused_not_rebuilt(recipe: DataRecipe, tmp_path: Path) -> None:
+    out = prepare_dataset(recipe, tmp_path / "cache", output_dir=tmp_path / "out")
+    with pytest.raises(DataError, match=r"other settings or source files \(differing: tokenizer\).*another data\.output_dir"):
+        prepare_dataset(replace(recipe, tokenizer=TokenizerSpec(vocab_size=380)), tmp_path / "cache", output_dir=out)
 
 
-def test_every_spelling_of_a_source_dir_shares_one_key(small_config: DataConfig, tmp_path: Path) -> None:
-    assert small_config.source is not None
-    link = tmp_path / "link"
-    link.symlink_to(small_config.source)
-    for spelling in (str(link), f"{link}/./", str(Path(small_config.source).resolve())):
-        assert replace(small_config, source=spelling).key() == small_config.key(), spelling
+def test_deduplication_removes_copies_and_train_copies_of_held_out_text(
+    articles: list[str], recipe: DataRecipe, tmp_path: Path
+) -> None:
+    source = tmp_path / "source"
+    once = prepare_dataset(recipe, tmp_path / "cache")
+    (source / "wiki.copy.raw").write_text("".join(articles[:12]).replace(" \n", "\t \n"))  # a copy, trailing space added
+    twice = prepare_dataset(recipe, tmp_path / "cache")
+    counts = {path: read_manifest(path)["splits"] for path in (once, twice)}
+    assert {split: s["documents"] for split, s in counts[once].items()} == {
+        split: s["documents"] for split, s in counts[twice].items()
+    }
+    report = read_manifest(twice)["sources"]["wiki"]["report"]
+    assert sum(report[f"removed.dedup.{split}"] for split in ("train", "val", "test")) == 12
+
+
+def test_a_held_out_article_repeated_in_train_is_dropped_from_train(articles: list[str], tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "wiki.train.raw").write_text("".join(articles[:6]) + articles[7].replace("lobster", "crab"))
+    (source / "wiki.valid.raw").write_text("".join(articles[6:8]))
+    splits = {"train": "wiki.train.raw", "val": "wiki.valid.raw"}
+    recipe = DataRecipe(sources={"wiki": WikiText(str(source), splits=splits)}, dedup=Deduplication(), tokenizer=TokenizerSpec(vocab_size=380))
+    manifest = read_manifest(prepare_dataset(recipe, tmp_path / "cache"))
+    assert manifest["splits"]["train"]["documents"] == 6  # the near-copy of a val article is gone
+    assert manifest["splits"]["val"]["documents"] == 2
+    assert manifest["sources"]["wiki"]["report"]["removed.dedup.train"] == 1
+
+
+def test_worker_processes_give_the_same_documents_as_one(recipe: DataRecipe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lmpre.data import curate
+
+    monkeypatch.setattr(curate, "BATCH_BYTES", 10_000)  # many batches, results reordered if they could be
+    one = prepare_dataset(recipe, tmp_path / "a", workers=1)
+    two = prepare_dataset(recipe, tmp_path / "b", workers=2)
+    stages = [Path(read_manifest(p)["sources"]["wiki"]["documents_stage"]) for p in (one, two)]
+    for split in ("train", "val", "test"):
+        assert list(read_documents(stages[0], split)) == list(read_documents(stages[1], split))
+    assert (one / TOKENIZER).read_bytes() == (two / TOKENIZER).read_bytes()
+
+
+def test_empty_corpus_names_the_source(tmp_path: Path) -> None:
+    (tmp_path / "wiki.empty.raw").write_text(" \n \n")
+    recipe = DataRecipe(sources={"wiki": WikiText(str(tmp_path))}, tokenizer=TokenizerSpec(vocab_size=380))
+    with pytest.raises(DataError, match=r"data\.sources\.wiki yields no document"):
+        prepare_dataset(recipe, tmp_path / "cache")
+
+
+SCRIPT = """
+import sys
+from pathlib import Path
+from lmpre.data import DataRecipe, TokenizerSpec, prepare_dataset
+from lmpre.data.sources.wikitext import WikiText
+recipe = DataRecipe(sources={{"wiki": WikiText({source!r}, val_fraction=0.25)}}, tokenizer=TokenizerSpec(vocab_size=380))
+print(prepare_dataset(recipe, Path({cache!r}), workers=2))
+"""
+
+
+def test_a_script_without_a_main_guard_prepares(recipe: DataRecipe, tmp_path: Path) -> None:
+    script = tmp_path / "prepare_it.py"  # no `if __name__ == "__main__":`: worker processes must not re-run it
+    script.write_text(SCRIPT.format(source=str(tmp_path / "source"), cache=str(tmp_path / "cache")))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert read_manifest(Path(result.stdout.strip().splitlines()[-1])) is not None
+
+
+def test_killing_prepare_kills_its_workers(articles: list[str], tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "wiki.big.raw").write_text("".join(articles) * 20)  # long enough to be killed mid-way
+    script = tmp_path / "prepare_it.py"
+    script.write_text(SCRIPT.format(source=str(source), cache=str(tmp_path / "cache")))
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not (workers := _children(process.pid)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert workers, "no worker process started"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in workers)
+    assert not list((tmp_path / "cache" / "documents").glob("wiki-*/stage.json"))
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in path.read_text().split()] if path.exists() else []
+
+
+def _alive(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    return status.exists() and "\nState:\tZ" not in status.read_text()

@@ -1,0 +1,195 @@
+"""The documents stage: a source read once, cleaned, held out, filtered and fingerprinted for deduplication in
+worker processes, and written as one JSON line per document and split. Everything after it (deduplication,
+tokenizer, shards) reads these files, never the raw ones."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import multiprocessing
+import os
+import signal
+import sys
+from collections import Counter, deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from lmpre.data.dedup import MinHasher, exact_key
+from lmpre.data.document import SPLITS, Document, holdout_split
+from lmpre.data.filters import Filter, run_filters
+from lmpre.data.sources import Source
+from lmpre.errors import DataError
+
+BATCH_BYTES = 2**20  # text per task sent to a worker: large enough to amortise pickling, small for memory
+EXAMPLE_CHARS = 500
+EXAMPLES = 20  # removed documents kept per reason in a documents stage; a preparation writes up to this many
+
+
+@dataclass
+class Curation:
+    """What happens to every document after its source read it."""
+
+    filters: Sequence[Filter] = ()
+    minhash: MinHasher | None = None  # signatures for near-duplicate removal; None: exact duplicates only
+    dedup: bool = True  # compute the keys the deduplication pass needs
+
+
+@dataclass
+class Kept:
+    split: str
+    id: str
+    text: str
+    exact: bytes | None
+    signature: np.ndarray | None
+
+
+@dataclass
+class BatchResult:
+    kept: list[Kept] = field(default_factory=list)
+    stats: Counter[str] = field(default_factory=Counter)
+    removed: list[tuple[str, str, str]] = field(default_factory=list)  # (reason, id, start of text)
+
+
+def documents_path(stage_dir: Path, split: str) -> Path:
+    return stage_dir / f"{split}.jsonl"
+
+
+def read_documents(stage_dir: Path, split: str) -> Iterator[str]:
+    """The texts of one split of a documents stage, in order."""
+    with documents_path(stage_dir, split).open(encoding="utf-8") as file:
+        for line in file:
+            yield json.loads(line)["text"]
+
+
+def signatures(stage_dir: Path, split: str) -> np.ndarray:
+    """The MinHash signatures of one split, row i for document i; memory-mapped, so they need no RAM."""
+    try:
+        return np.load(stage_dir / f"{split}.minhash.npy", mmap_mode="r")
+    except ValueError:  # an empty array cannot be mapped
+        return np.load(stage_dir / f"{split}.minhash.npy")
+
+
+def exact_keys(stage_dir: Path, split: str) -> list[bytes]:
+    data = (stage_dir / f"{split}.exact").read_bytes()
+    return [data[i : i + 16] for i in range(0, len(data), 16)]
+
+
+def curate(source: Source, curation: Curation, out: Path, workers: int) -> dict[str, Any]:
+    """Write the documents stage of `source` into `out`; returns its report (counts per split and reason)."""
+    stats: Counter[str] = Counter()
+    removed: dict[str, list[dict[str, str]]] = {}
+    files: dict[str, IO[str]] = {}
+    sig_lists: dict[str, list[np.ndarray]] = {split: [] for split in SPLITS}
+    with contextlib.ExitStack() as stack:
+        for split in SPLITS:
+            files[split] = stack.enter_context(documents_path(out, split).open("w", encoding="utf-8"))
+            files[f"{split}.exact"] = stack.enter_context((out / f"{split}.exact").open("wb"))  # type: ignore[assignment]
+        for result in _process(source, curation, workers, stats):
+            stats.update(result.stats)
+            for reason, id, text in result.removed:
+                examples = removed.setdefault(reason, [])
+                if len(examples) < EXAMPLES:
+                    examples.append({"id": id, "text": text})
+            for doc in result.kept:
+                files[doc.split].write(json.dumps({"id": doc.id, "text": doc.text}, ensure_ascii=False) + "\n")
+                if doc.exact is not None:
+                    files[f"{doc.split}.exact"].write(doc.exact)  # type: ignore[arg-type]
+                if doc.signature is not None:
+                    sig_lists[doc.split].append(doc.signature)
+    for split, sigs in sig_lists.items():  # a few hundred bytes per document: fine to hold until here
+        np.save(out / f"{split}.minhash.npy", np.stack(sigs) if sigs else np.zeros((0, 0), np.uint64))
+    if not any(stats[f"kept.{split}.documents"] for split in SPLITS):
+        raise DataError(
+            f"{source.setting} yields no document ({_summary(stats)}): point data.source at files with text, "
+            "or relax the filters that removed everything (see the counts)."
+        )
+    return {"counts": dict(sorted(stats.items())), "removed_examples": removed}
+
+
+def _summary(stats: Counter[str]) -> str:
+    parts = [f"{count:,} {reason}" for reason, count in sorted(stats.items()) if not reason.startswith("kept.")]
+    return ", ".join(parts) or "no input"
+
+
+def _process(source: Source, curation: Curation, workers: int, stats: Counter[str]) -> Iterator[BatchResult]:
+    """Batches of `source`'s documents through `_curate_batch`, in order: in `workers` processes, or inline."""
+    batches = _batches(source, stats)
+    if workers <= 1:
+        _init_worker(source, curation, die_with_parent=False)
+        yield from map(_curate_batch, batches)
+        return
+    context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    pending: deque[Future[BatchResult]] = deque()
+    try:
+        with ProcessPoolExecutor(workers, context, initializer=_init_worker, initargs=(source, curation)) as pool:
+            for batch in batches:
+                pending.append(pool.submit(_curate_batch, batch))
+                if len(pending) >= 2 * workers:  # bounded: memory does not grow with the corpus
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+    except BrokenProcessPool as err:
+        raise DataError(
+            "A data-preparation worker process died. If you call lmpre from a script, put the call under "
+            "`if __name__ == \"__main__\":` (worker processes import the script); otherwise it ran out of memory "
+            "or was killed: see the messages above."
+        ) from err
+
+
+def _batches(source: Source, stats: Counter[str]) -> Iterator[list[Document]]:
+    batch: list[Document] = []
+    size = 0
+    for unit in source.work_units():
+        for document in source.read(unit, stats):
+            batch.append(document)
+            size += len(document.text)
+            if size >= BATCH_BYTES:
+                yield batch
+                batch, size = [], 0
+    if batch:
+        yield batch
+
+
+_worker: tuple[Source, Curation] | None = None
+
+
+def _init_worker(source: Source, curation: Curation, die_with_parent: bool = True) -> None:
+    global _worker
+    _worker = (source, curation)
+    if die_with_parent and sys.platform == "linux":  # a killed preparation takes its workers with it
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent died before prctl took effect
+            os._exit(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+
+
+def _curate_batch(documents: list[Document]) -> BatchResult:
+    assert _worker is not None
+    source, curation = _worker
+    result = BatchResult()
+    for raw in documents:
+        result.stats["read.documents"] += 1
+        result.stats["read.bytes"] += len(raw.text.encode())
+        cleaned = source.clean(raw)
+        if isinstance(cleaned, Document):
+            cleaned = run_filters(curation.filters, cleaned)
+        if isinstance(cleaned, str):
+            result.stats[f"removed.{cleaned}"] += 1
+            result.removed.append((cleaned, raw.id, raw.text[:EXAMPLE_CHARS]))
+            continue
+        text = cleaned.text
+        # Held out by the cleaned text: copies that differ only in what cleaning removes land in one split.
+        split = cleaned.split or holdout_split(text, source.val_fraction, source.test_fraction)
+        result.stats[f"kept.{split}.documents"] += 1
+        result.stats[f"kept.{split}.bytes"] += len(text.encode())
+        exact = exact_key(text) if curation.dedup else None
+        signature = curation.minhash.signature(text) if curation.dedup and curation.minhash else None
+        result.kept.append(Kept(split, cleaned.id, text, exact, signature))
+    return result
