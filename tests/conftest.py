@@ -1,19 +1,13 @@
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
-from omegaconf import DictConfig
+from hydra_configs import compose_config
 
 from lmpre.data import TokenDataModule
 from lmpre.data.corpora import bundled
 
 # data=wiki (the bundled WikiText-2) with a 512-token vocabulary: seconds to prepare, real text throughout.
 WIKI = ["data=wiki", "data.tokenizer.vocab_size=512"]
-
-
-def compose_config(name: str, *overrides: str) -> DictConfig:
-    with initialize_config_module(config_module="lmpre.conf", version_base="1.3"):
-        return compose(config_name=name, overrides=list(overrides))
 
 
 @pytest.fixture(scope="session")

@@ -163,7 +163,7 @@ class TokenDataModule(L.LightningDataModule):
         return self._loader("test")
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> torch.Tensor:
-        trainer = self._trainer
+        trainer = self.trainer  # None until Lightning attaches one
         if trainer is not None and trainer.training:
             names = list(self.manifest["sources"])
             self.drawn.update(names[i] for i in batch["source"].tolist())

@@ -1,72 +1,82 @@
-from dataclasses import asdict
+from collections.abc import Iterable
 from itertools import islice
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
+from hydra_configs import compose_config
+from hydra.utils import instantiate
 
-from lmpre.data import DataConfig, TokenDataModule
+from lmpre.data import TokenDataModule
 from lmpre.errors import DataError
 
 
-def datamodule(config: DataConfig, prepared: Path, **kwargs: int) -> TokenDataModule:
-    return TokenDataModule(**asdict(config), output_dir=str(prepared), **{"seq_len": 32, "batch_size": 4, **kwargs})
+def datamodule(overrides: list[str], seq_len: int = 32) -> TokenDataModule:
+    """`data=wiki` over the session's preparation, with small windows."""
+    cfg = compose_config("train", *overrides, f"data.seq_len={seq_len}", "data.batch_size=4")
+    dm: TokenDataModule = instantiate(cfg.data)
+    return dm
 
 
-def test_batches_are_long_windows_of_seq_len_plus_one(wikitext_config: DataConfig, prepared_wikitext: Path) -> None:
-    dm = datamodule(wikitext_config, prepared_wikitext)
+def batches(dm: TokenDataModule, loader: Iterable[dict[str, torch.Tensor]]) -> list[torch.Tensor]:
+    """Batches as the model sees them: Lightning passes each through the datamodule's transfer hook."""
+    return [dm.on_before_batch_transfer(batch, 0) for batch in loader]
+
+
+def test_batches_are_long_windows_of_seq_len_plus_one(wikitext_overrides: list[str], prepared_wikitext: Path) -> None:
+    dm = datamodule(wikitext_overrides)
     dm.prepare_data()
     dm.setup("fit")
     train_loader = dm.train_dataloader()
-    train = list(train_loader)
-    val = list(dm.val_dataloader())
+    train = batches(dm, train_loader)
+    val = batches(dm, dm.val_dataloader())
     assert all(batch.shape == (4, 33) and batch.dtype == torch.long for batch in train + val[:-1])
     tokens = dm.manifest["splits"]["train"]["tokens"]
     assert len(train) == tokens // 33 // 4
     assert int(torch.cat(train).max()) < dm.vocab_size == 512
-    assert not torch.equal(train[0], next(iter(train_loader)))  # reshuffled each epoch
-    first_val = next(iter(dm.val_dataloader()))
+    assert not torch.equal(train[0], batches(dm, islice(train_loader, 1))[0])  # reshuffled each epoch
+    first_val = batches(dm, islice(dm.val_dataloader(), 1))[0]
     assert torch.equal(first_val, val[0])  # not shuffled
-    assert dm.tokenizer.decode(first_val[0].tolist()).startswith(" = Homarus gammarus =")
+    assert dm.tokenizer.decode(first_val[0].tolist()).startswith(" = ")  # an article's title
 
 
-def test_tokenizer_facts_come_from_the_prepared_data(wikitext_config: DataConfig, prepared_wikitext: Path) -> None:
-    dm = datamodule(wikitext_config, prepared_wikitext)
+def test_tokenizer_facts_come_from_the_prepared_data(wikitext_overrides: list[str], prepared_wikitext: Path) -> None:
+    dm = datamodule(wikitext_overrides)
     assert dm.prepared_dir == prepared_wikitext  # prepares (here: reuses) on first use
     assert dm.special_tokens == {"eot": 0, "pad": 1, "mask": 2, "sentinels": list(range(3, 103))}
     val = dm.manifest["splits"]["val"]
     assert dm.bytes_per_token == val["bytes"] / val["tokens"]
 
 
-def test_window_set_before_setup_sizes_the_batches(wikitext_config: DataConfig, prepared_wikitext: Path) -> None:
-    dm = datamodule(wikitext_config, prepared_wikitext)
+def test_window_set_before_setup_sizes_the_batches(wikitext_overrides: list[str], prepared_wikitext: Path) -> None:
+    dm = datamodule(wikitext_overrides)
     dm.window = 32  # masked LM: no shifted target
     dm.setup("fit")
-    assert next(iter(dm.train_dataloader())).shape == (4, 32)
+    assert batches(dm, islice(dm.train_dataloader(), 1))[0].shape == (4, 32)
 
 
-def test_split_shorter_than_a_window_names_the_setting(wikitext_config: DataConfig, prepared_wikitext: Path) -> None:
-    dm = datamodule(wikitext_config, prepared_wikitext, seq_len=2**20)
+def test_split_shorter_than_a_window_names_the_setting(wikitext_overrides: list[str], prepared_wikitext: Path) -> None:
+    dm = datamodule(wikitext_overrides, seq_len=2**20)
     with pytest.raises(DataError, match=r"fewer than one window of 1048577 \(data\.seq_len=1048576\)"):
         dm.setup("fit")
 
 
-def test_loader_state_resumes_with_the_next_batches(wikitext_config: DataConfig, prepared_wikitext: Path) -> None:
-    dm = datamodule(wikitext_config, prepared_wikitext)
+def test_loader_state_resumes_with_the_next_batches(wikitext_overrides: list[str], prepared_wikitext: Path) -> None:
+    dm = datamodule(wikitext_overrides)
     dm.setup("fit")
     uninterrupted = dm.train_dataloader()
-    expected = list(islice(uninterrupted, 8))
+    expected = batches(dm, islice(uninterrupted, 8))
 
     interrupted = dm.train_dataloader()
     assert len(list(islice(interrupted, 5))) == 5
     state = interrupted.state_dict()
 
-    resumed_dm = datamodule(wikitext_config, prepared_wikitext)
+    resumed_dm = datamodule(wikitext_overrides)
     resumed_dm.setup("fit")
     resumed = resumed_dm.train_dataloader()
     resumed.load_state_dict(state)
-    continued = list(islice(resumed, 3))
+    continued = batches(dm, islice(resumed, 3))
     assert all(torch.equal(want, got) for want, got in zip(expected[5:], continued, strict=True))
 
 
@@ -103,10 +113,10 @@ def fit(dm: TokenDataModule, max_steps: int, root: Path, ckpt_path: str | None =
 
 
 def test_lightning_checkpoint_resumes_mid_epoch(
-    wikitext_config: DataConfig, prepared_wikitext: Path, tmp_path: Path
+    wikitext_overrides: list[str], prepared_wikitext: Path, tmp_path: Path
 ) -> None:
-    uninterrupted = fit(datamodule(wikitext_config, prepared_wikitext), 6, tmp_path / "a")
-    fit(datamodule(wikitext_config, prepared_wikitext), 3, tmp_path / "b")
+    uninterrupted = fit(datamodule(wikitext_overrides), 6, tmp_path / "a")
+    fit(datamodule(wikitext_overrides), 3, tmp_path / "b")
     [checkpoint] = (tmp_path / "b").glob("*step=3.ckpt")
-    resumed = fit(datamodule(wikitext_config, prepared_wikitext), 6, tmp_path / "b", str(checkpoint))
+    resumed = fit(datamodule(wikitext_overrides), 6, tmp_path / "b", str(checkpoint))
     assert all(torch.equal(want, got) for want, got in zip(uninterrupted[3:], resumed, strict=True))

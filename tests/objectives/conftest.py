@@ -1,20 +1,21 @@
-"""Real text for the objective tests: the prepared WikiText-2 validation split (tests/conftest.py)."""
+"""Real text for the objective tests: the prepared WikiText-2 train split (tests/conftest.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from litdata import StreamingDataset, TokensLoader
 from torch.utils.data import DataLoader
 
-from lmpre.data import DataConfig, TokenDataModule
+from lmpre.data import TokenDataModule
 from lmpre.objectives import IGNORE_INDEX, PretrainingObjective
 
 
@@ -31,13 +32,12 @@ class TokenizedText:
 
 
 @pytest.fixture(scope="session")
-def wikitext(wikitext_config: DataConfig, prepared_wikitext: Path) -> TokenizedText:
-    """~600k tokens of wiki.valid.raw from a 512-token byte-level BPE with lmpre's special tokens."""
-    data = TokenDataModule(**asdict(wikitext_config), output_dir=str(prepared_wikitext), batch_size=64)
-    data.window = 1024
-    data.setup()
-    tokens = torch.cat(list(data.val_dataloader())).flatten()
-    return TokenizedText(tokens, data.special_tokens, data.vocab_size)
+def wikitext(wiki_data: TokenDataModule) -> TokenizedText:
+    """~1.1M tokens of WikiText-2 train articles, in order, from a 512-token byte-level BPE with lmpre's special
+    tokens."""
+    stream = StreamingDataset(str(wiki_data.prepared_dir / "corpus" / "train"), item_loader=TokensLoader(block_size=1024))
+    tokens = torch.from_numpy(np.concatenate([stream[i] for i in range(len(stream))]).astype(np.int64))
+    return TokenizedText(tokens, dict(wiki_data.special_tokens), wiki_data.vocab_size)
 
 
 def held_out_loss(model: PretrainingObjective, windows: Tensor) -> float:
