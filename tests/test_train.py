@@ -63,7 +63,7 @@ def test_training_on_wikitext_learns_logs_and_checkpoints(tiny_run, tmp_path: Pa
 
     val = [e.value for e in events.Scalars("val/loss")]
     assert [e.step for e in events.Scalars("val/loss")] == [0, 39, 69]  # untrained, then every 40 and the last
-    assert val[0] == pytest.approx(math.log(cfg.data.vocab_size), abs=0.5)
+    assert val[0] == pytest.approx(math.log(cfg.data.tokenizer.vocab_size), abs=0.5)
     assert val[-1] < val[1] < val[0] - 1.0
     assert metrics["val/ppl"] == pytest.approx(math.exp(metrics["val/loss"]), rel=1e-4)
     assert 0 < metrics["val/bpb"] < metrics["val/loss"] / math.log(2)  # > 1 byte per token
@@ -164,12 +164,10 @@ def test_two_cpu_processes(strategy: str, tiny_cli, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["gpt", "bert", "t5"])
-def test_cpu_preset_learns_in_300_steps(preset: str, shared_data: Path, tmp_path: Path) -> None:
-    """The issues' acceptance run: the default CPU preset and vocabulary, 300 steps on WikiText-2."""
+def test_cpu_preset_learns_in_300_steps(preset: str, tmp_path: Path) -> None:
+    """The issues' acceptance run: the default CPU preset and vocabulary, 300 steps on the bundled WikiText-2."""
     cfg = compose_train(
         f"model={preset}",
-        f"data.source={shared_data / 'wikitext-2-raw'}",
-        "data.splits.train=wiki.test.raw",
         f"data.cache_dir={tmp_path / 'cache'}",
         f"paths.output_dir={tmp_path}",
         "trainer.max_steps=300",
