@@ -1,0 +1,45 @@
+"""What every filter shares: one call that keeps a document (perhaps rewritten) or names why it is dropped."""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+from lmpre.data.document import Document
+
+HAS_WORD_CHAR = re.compile(r"\w").search
+
+
+class Filter(ABC):
+    """One step of cleaning, run on every document in the worker processes.
+
+    Filters are pickled into the workers and built before the run's settings are checked, so constructors only
+    store settings: no I/O, no model loading. A drop reason is `"<name>.<rule>"` (e.g. `gopher_quality.word_count`),
+    so the cleaning report counts drops per rule and names the setting that caused them.
+    """
+
+    name: str
+
+    @abstractmethod
+    def __call__(self, document: Document) -> Document | str:
+        """The document, its text perhaps transformed (`dataclasses.replace`), or the reason it is dropped."""
+
+    def drop(self, rule: str) -> str:
+        return f"{self.name}.{rule}"
+
+
+def run_filters(filters: Sequence[Filter], document: Document) -> Document | str:
+    """Apply `filters` in order; the first drop reason ends the run (later filters never see the document)."""
+    for filter_ in filters:
+        result = filter_(document)
+        if isinstance(result, str):
+            return result
+        document = result
+    return document
+
+
+def split_words(text: str) -> list[str]:
+    """The whitespace-separated tokens of `text` with a letter or digit: the words that the quality and repetition
+    rules count. Punctuation standing alone (as in WikiText's " , " and " @-@ ") is no word."""
+    return [token for token in text.split() if token.isalnum() or HAS_WORD_CHAR(token)]
