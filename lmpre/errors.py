@@ -11,3 +11,24 @@ class DataError(LmpreError):
 
 class ConfigError(LmpreError, ValueError):
     """A setting that cannot work (e.g. an objective on the wrong kind of backbone)."""
+
+
+class CheckpointError(LmpreError):
+    """A checkpoint that cannot be used as asked: missing, unreadable, or from another run, model or data."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped a run; `message` says what was saved. Exits with 128 + the signal's number
+    (130, 143), as a shell reports a process killed by that signal.
+
+    A KeyboardInterrupt, so that cleanup written for Ctrl-C (e.g. stopping worker processes) also runs on SIGTERM.
+    """
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.message = message
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

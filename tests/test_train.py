@@ -68,9 +68,10 @@ def test_training_on_wikitext_learns_logs_and_checkpoints(tiny_run, tmp_path: Pa
     assert metrics["val/ppl"] == pytest.approx(math.exp(metrics["val/loss"]), rel=1e-4)
     assert 0 < metrics["val/bpb"] < metrics["val/loss"] / math.log(2)  # > 1 byte per token
 
-    checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.ckpt"))
     assert "last.ckpt" in checkpoints, checkpoints
     assert len(checkpoints) == 2, checkpoints  # last and best
+    assert {"tokenizer.json", "manifest.json"} <= {p.name for p in (tmp_path / "checkpoints").iterdir()}
 
 
 def train_losses(run_dir: Path) -> dict[int, float]:

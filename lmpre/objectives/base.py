@@ -7,7 +7,8 @@ import contextlib
 import zlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from pathlib import Path
+from typing import IO, Any, cast
 
 import lightning as L
 import torch
@@ -17,8 +18,10 @@ from torch.distributed.fsdp import FSDPModule
 from torch.utils.flop_counter import FlopCounterMode
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
+from typing_extensions import Self
 
-from lmpre.errors import ConfigError
+from lmpre.checkpoint import RECORD_KEY, check_matches, inspect, objective_class, run_record
+from lmpre.errors import CheckpointError, ConfigError
 from lmpre.models import Transformer, TransformerConfig
 from lmpre.objectives.optim import AdamW
 from lmpre.objectives.sharding import shard
@@ -109,6 +112,50 @@ class PretrainingObjective(L.LightningModule):
         metrics = {"val/loss": loss, "val/ppl": loss.exp(), "val/acc": self.val_acc.compute()}
         self.val_acc.reset()
         return metrics
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # What the checkpoint belongs to (lmpre.checkpoint): compared when a run resumes it or loads it.
+        trainer = self._trainer
+        checkpoint[RECORD_KEY] = run_record(self, getattr(trainer, "datamodule", None))
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        trainer = self._trainer
+        if trainer is not None:  # resuming: the checkpoint must be of this objective, backbone and data
+            current = run_record(self, getattr(trainer, "datamodule", None))
+            check_matches(Path(str(trainer.ckpt_path)), checkpoint.get(RECORD_KEY), current)
+
+    @classmethod
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path: str | Path | IO[bytes],
+        map_location: Any = None,
+        hparams_file: str | Path | None = None,
+        strict: bool | None = None,
+        weights_only: bool | None = None,
+        **kwargs: Any,
+    ) -> Self:
+        """Lightning's, after a check that the checkpoint holds this objective (a clear error otherwise).
+
+        `PretrainingObjective.load_from_checkpoint` (like `lmpre.checkpoint.load_objective`) builds whichever
+        objective the checkpoint records."""
+        target: type[PretrainingObjective] = cls
+        if isinstance(checkpoint_path, (str, Path)):
+            path = Path(checkpoint_path)
+            info = inspect(path, setting="checkpoint")
+            if info.record is not None:
+                target = objective_class(path, info.record)
+                if not issubclass(target, cls):
+                    raise CheckpointError(
+                        f"{path} holds a {target.__name__} checkpoint, not a {cls.__name__}: load it with "
+                        f"{target.__name__}.load_from_checkpoint or lmpre.checkpoint.load_objective"
+                    )
+            elif cls is PretrainingObjective:
+                objective_class(path, None)  # raises: which class to build is unknown
+        # Lightning's own, for the class the checkpoint holds.
+        model = super(PretrainingObjective, target).load_from_checkpoint(
+            checkpoint_path, map_location, hparams_file, strict, weights_only, **kwargs
+        )
+        return cast(Self, model)
 
     def configure_optimizers(self) -> Any:
         optimizer, scheduler = self.optim.build(self.model, int(self.trainer.estimated_stepping_batches))

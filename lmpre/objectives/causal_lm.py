@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
+from lmpre.callbacks import logging_step
 from lmpre.errors import ConfigError
 from lmpre.models import TransformerConfig
 from lmpre.objectives.base import Prediction, PretrainingObjective
@@ -68,4 +69,5 @@ class CausalLM(PretrainingObjective):
         text = tokenizer.decode(tokens)
         for logger in loggers:
             # Markdown code fence: TensorBoard would otherwise swallow newlines and markup.
-            logger.experiment.add_text("val/sample", f"```\n{text}\n```", self.global_step)
+            # At the step Lightning logs this validation's scalars, so the text sits beside them.
+            logger.experiment.add_text("val/sample", f"```\n{text}\n```", logging_step(self.trainer))
