@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from lmpre.data import dedup
 from lmpre.data.corpora import bundled
 from lmpre.data.dedup import (
     Deduplication,
@@ -86,6 +87,15 @@ def test_signature_is_the_same_in_every_process() -> None:
         234420958,
     ]
     assert not np.array_equal(signature, MinHasher(seed=2).signature("The quick brown fox jumps over the lazy dog"))
+
+
+def test_signature_does_not_depend_on_the_kept_powers(monkeypatch: pytest.MonkeyPatch, articles: list[str]) -> None:
+    """Place weights come from a per-process cache or, for texts too long to keep them, are computed afresh."""
+    expected = MinHasher().signature(articles[0])
+    monkeypatch.setattr(dedup, "POWERS_KEPT", 1000)
+    monkeypatch.setattr(dedup, "_POWERS", (np.ones(0, np.uint64), np.ones(0, np.uint64)))
+    assert np.array_equal(MinHasher().signature(articles[0]), expected)
+    assert len(dedup._POWERS[0]) == 0
 
 
 def test_signature_ignores_case_punctuation_and_whitespace() -> None:
