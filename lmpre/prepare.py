@@ -23,8 +23,11 @@ def report(manifest: dict[str, Any], console: Console) -> None:
     """The cleaning report of a manifest, one table per source."""
     for name, facts in manifest["sources"].items():
         counts = facts["report"]
-        table = Table(title=f"source {name!r}: {counts.get('read.documents', 0):,} documents read "
-                      f"({counts.get('read.bytes', 0) / 1e6:,.1f} MB)", title_justify="left")
+        table = Table(
+            title=f"source {name!r}: {counts.get('read.documents', 0):,} documents read "
+            f"({counts.get('read.bytes', 0) / 1e6:,.1f} MB)",
+            title_justify="left",
+        )
         table.add_column("")
         table.add_column("documents", justify="right")
         table.add_column("MB", justify="right")
@@ -33,7 +36,9 @@ def report(manifest: dict[str, Any], console: Console) -> None:
             if reason.startswith(("removed.", "skipped.", "replaced.")) and count:
                 table.add_row(reason, f"{count:,}", "", "")
         for split, stats in facts["splits"].items():
-            table.add_row(f"kept: {split}", f"{stats['documents']:,}", f"{stats['bytes'] / 1e6:,.2f}", f"{stats['tokens']:,}")
+            table.add_row(
+                f"kept: {split}", f"{stats['documents']:,}", f"{stats['bytes'] / 1e6:,.2f}", f"{stats['tokens']:,}"
+            )
         console.print(table)
 
 
@@ -46,7 +51,9 @@ def main(cfg: DictConfig) -> None:
     except (LmpreError, InstantiationException) as err:
         raise SystemExit(f"error: {err}") from None
     except KeyboardInterrupt:
-        print("interrupted: nothing was left that looks complete; run the same command again to prepare", file=sys.stderr)
+        print(
+            "interrupted: nothing was left that looks complete; run the same command again to prepare", file=sys.stderr
+        )
         raise SystemExit(130) from None
     manifest = datamodule.manifest
     console = Console()

@@ -38,7 +38,9 @@ def describe_files(paths: list[Path]) -> list[dict[str, Any]]:
     return [{"path": str(path), "size": path.stat().st_size, "sha256": sha256_file(path)} for path in paths]
 
 
-def build_once(target: Path, lock_dir: Path, is_complete: Callable[[Path], bool], build: Callable[[Path], None]) -> bool:
+def build_once(
+    target: Path, lock_dir: Path, is_complete: Callable[[Path], bool], build: Callable[[Path], None]
+) -> bool:
     """Make `target` complete, building it only when no process has: returns True when it was built here.
 
     Safe across processes (DDP ranks, concurrent runs): one builds under the lock, the others wait and reuse.

@@ -68,12 +68,12 @@ def read_documents(stage_dir: Path, split: str) -> Iterator[str]:
             yield json.loads(line)["text"]
 
 
-def signatures(stage_dir: Path, split: str) -> np.ndarray:
+def signatures(stage_dir: Path, split: str, num_perm: int) -> np.ndarray:
     """The MinHash signatures of one split, row i for document i; memory-mapped, so they need no RAM."""
-    try:
-        return np.load(stage_dir / f"{split}.minhash.npy", mmap_mode="r")
-    except ValueError:  # an empty array cannot be mapped
-        return np.load(stage_dir / f"{split}.minhash.npy")
+    path = stage_dir / f"{split}.minhash"
+    if path.stat().st_size == 0:  # an empty file cannot be mapped
+        return np.zeros((0, num_perm), np.uint32)
+    return np.memmap(path, np.uint32, mode="r").reshape(-1, num_perm)
 
 
 def exact_keys(stage_dir: Path, split: str) -> list[bytes]:
@@ -85,12 +85,13 @@ def curate(source: Source, curation: Curation, out: Path, workers: int) -> dict[
     """Write the documents stage of `source` into `out`; returns its report (counts per split and reason)."""
     stats: Counter[str] = Counter()
     removed: dict[str, list[dict[str, str]]] = {}
-    files: dict[str, IO[str]] = {}
-    sig_lists: dict[str, list[np.ndarray]] = {split: [] for split in SPLITS}
+    texts: dict[str, IO[str]] = {}
+    keys: dict[str, IO[bytes]] = {}  # exact keys, then signatures: fixed-size records, row i for document i
     with contextlib.ExitStack() as stack:
         for split in SPLITS:
-            files[split] = stack.enter_context(documents_path(out, split).open("w", encoding="utf-8"))
-            files[f"{split}.exact"] = stack.enter_context((out / f"{split}.exact").open("wb"))  # type: ignore[assignment]
+            texts[split] = stack.enter_context(documents_path(out, split).open("w", encoding="utf-8"))
+            keys[f"{split}.exact"] = stack.enter_context((out / f"{split}.exact").open("wb"))
+            keys[f"{split}.minhash"] = stack.enter_context((out / f"{split}.minhash").open("wb"))
         for result in _process(source, curation, workers, stats):
             stats.update(result.stats)
             for reason, id, text in result.removed:
@@ -98,13 +99,11 @@ def curate(source: Source, curation: Curation, out: Path, workers: int) -> dict[
                 if len(examples) < EXAMPLES:
                     examples.append({"id": id, "text": text})
             for doc in result.kept:
-                files[doc.split].write(json.dumps({"id": doc.id, "text": doc.text}, ensure_ascii=False) + "\n")
+                texts[doc.split].write(json.dumps({"id": doc.id, "text": doc.text}, ensure_ascii=False) + "\n")
                 if doc.exact is not None:
-                    files[f"{doc.split}.exact"].write(doc.exact)  # type: ignore[arg-type]
+                    keys[f"{doc.split}.exact"].write(doc.exact)
                 if doc.signature is not None:
-                    sig_lists[doc.split].append(doc.signature)
-    for split, sigs in sig_lists.items():  # a few hundred bytes per document: fine to hold until here
-        np.save(out / f"{split}.minhash.npy", np.stack(sigs) if sigs else np.zeros((0, 0), np.uint64))
+                    keys[f"{doc.split}.minhash"].write(doc.signature.astype(np.uint32).tobytes())
     if not any(stats[f"kept.{split}.documents"] for split in SPLITS):
         raise DataError(
             f"{source.setting} yields no document ({_summary(stats)}): point data.source at files with text, "
@@ -138,7 +137,7 @@ def _process(source: Source, curation: Curation, workers: int, stats: Counter[st
     except BrokenProcessPool as err:
         raise DataError(
             "A data-preparation worker process died. If you call lmpre from a script, put the call under "
-            "`if __name__ == \"__main__\":` (worker processes import the script); otherwise it ran out of memory "
+            '`if __name__ == "__main__":` (worker processes import the script); otherwise it ran out of memory '
             "or was killed: see the messages above."
         ) from err
 

@@ -59,7 +59,9 @@ class DataRecipe:
         return Curation(self.filters, minhash, dedup=self.dedup is not None)
 
 
-def prepare_dataset(recipe: DataRecipe, cache_dir: Path, output_dir: Path | None = None, workers: int | None = None) -> Path:
+def prepare_dataset(
+    recipe: DataRecipe, cache_dir: Path, output_dir: Path | None = None, workers: int | None = None
+) -> Path:
     """Return a directory with complete prepared data for `recipe`, building only what is not there yet.
 
     Without `output_dir` it is `cache_dir/prepared/<key>`, the key covering every setting and the content of
@@ -180,7 +182,10 @@ def _build(out: Path, recipe: DataRecipe, stages: dict[str, Path], key: str, set
         "lmpre_version": __version__,
         "sources": sources,
         "splits": {
-            split: {stat: sum(s["splits"][split][stat] for s in sources.values()) for stat in ("documents", "bytes", "tokens")}
+            split: {
+                stat: sum(s["splits"][split][stat] for s in sources.values())
+                for stat in ("documents", "bytes", "tokens")
+            }
             for split in SPLITS
         },
         "tokenizer": {
@@ -192,7 +197,7 @@ def _build(out: Path, recipe: DataRecipe, stages: dict[str, Path], key: str, set
         "chunk_tokens": CHUNK_TOKENS,
     }
     for split in ("train", "val"):
-        if manifest["splits"][split]["tokens"] == 0:
+        if sum(facts["splits"][split]["tokens"] for facts in sources.values()) == 0:
             raise DataError(
                 f"The {split} split is empty after cleaning and deduplication: add text, raise the sources' "
                 "val_fraction, or relax the filters (counts: python -m lmpre.prepare prints them)."
@@ -211,7 +216,7 @@ def _deduplicate(stages: dict[str, Path], dedup: Deduplication | None) -> dict[s
     index = dedup.index()
     for split in ("val", "test", "train"):
         for name, stage in stages.items():
-            sigs = signatures(stage, split) if dedup.near else None
+            sigs = signatures(stage, split, dedup.num_perm) if dedup.near else None
             for i, exact in enumerate(exact_keys(stage, split)):
                 if index.check(exact, sigs[i] if sigs is not None and len(sigs) else None) is not None:
                     keep[name][split][i] = False

@@ -26,7 +26,9 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 2**16 else np.int32)
 
 
-def write_token_shards(texts: Iterable[str], keep: Iterable[bool], out_dir: Path, tokenizer: Tokenizer) -> dict[str, int]:
+def write_token_shards(
+    texts: Iterable[str], keep: Iterable[bool], out_dir: Path, tokenizer: Tokenizer
+) -> dict[str, int]:
     """Tokenize the kept `texts` in order, each ended by <|endoftext|>, into litdata chunks under `out_dir`;
     returns the documents, UTF-8 bytes (the denominator of bits per byte) and tokens written."""
     out_dir.mkdir(parents=True)

@@ -19,8 +19,12 @@ def test_bundled_corpora_are_the_official_files_with_their_license() -> None:
 
 def test_wiki_splits_share_no_article(wiki_data: TokenDataModule) -> None:
     [stage] = [Path(facts["documents_stage"]) for facts in wiki_data.manifest["sources"].values()]
-    titles = {split: [text.split("\n", 1)[0] for text in read_documents(stage, split)] for split in ("train", "val", "test")}
-    assert len(titles["train"]) > 100 and len(titles["val"]) >= 3 and len(titles["test"]) >= 3
+    titles = {
+        split: [text.split("\n", 1)[0] for text in read_documents(stage, split)] for split in ("train", "val", "test")
+    }
+    assert len(titles["train"]) > 100
+    assert len(titles["val"]) >= 3
+    assert len(titles["test"]) >= 3
     assert all(title.startswith(" = ") for split in titles.values() for title in split)
     assert not set(titles["train"]) & set(titles["val"])
     assert not set(titles["train"]) & set(titles["test"])

@@ -5,8 +5,8 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from hydra_configs import compose_config
 from hydra.utils import instantiate
+from hydra_configs import compose_config
 
 from lmpre.data import TokenDataModule
 from lmpre.errors import DataError

@@ -17,7 +17,9 @@ def mixture(tmp_path: Path) -> TokenDataModule:
     dm = TokenDataModule(
         sources={
             "wiki": WikiText(weight=0.7),
-            "play": TextFiles(bundled="tinyshakespeare", holdout="tail", val_fraction=0.1, test_fraction=0.0, weight=0.3),
+            "play": TextFiles(
+                bundled="tinyshakespeare", holdout="tail", val_fraction=0.1, test_fraction=0.0, weight=0.3
+            ),
         },
         tokenizer={"vocab_size": 512},
         cache_dir=str(tmp_path / "cache"),

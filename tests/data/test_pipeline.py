@@ -93,7 +93,9 @@ def test_a_source_edited_in_place_builds_a_new_directory(recipe: DataRecipe, tmp
     assert [f["sha256"] for f in read_manifest(rebuilt)["sources"]["wiki"]["files"]] == [sha256_file(path)]
 
 
-def test_prepared_directories_have_normal_permissions_and_no_locks_beside_them(recipe: DataRecipe, tmp_path: Path) -> None:
+def test_prepared_directories_have_normal_permissions_and_no_locks_beside_them(
+    recipe: DataRecipe, tmp_path: Path
+) -> None:
     out = tmp_path / "out" / "wiki"
     prepared = prepare_dataset(recipe, tmp_path / "cache", output_dir=out)
     umask = os.umask(0)
@@ -127,13 +129,18 @@ def test_a_failed_build_leaves_nothing_and_a_killed_one_is_cleaned_up(
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda out: (out / "train").mkdir(parents=True) or (out / "train" / "mine.txt").write_text("x"), "holds no lmpre manifest"),
+        (
+            lambda out: (out / "train").mkdir(parents=True) or (out / "train" / "mine.txt").write_text("x"),
+            "holds no lmpre manifest",
+        ),
         (lambda out: out.mkdir() or (out / MANIFEST).write_text("not json {"), "holds no lmpre manifest"),
         (lambda out: out.mkdir() or (out / MANIFEST).write_text('{"mine": 1}'), "holds no lmpre manifest"),
         (lambda out: out.write_text("a file"), "is a file"),
     ],
 )
-def test_output_dir_that_lmpre_did_not_write_is_never_touched(recipe: DataRecipe, tmp_path: Path, make, message: str) -> None:
+def test_output_dir_that_lmpre_did_not_write_is_never_touched(
+    recipe: DataRecipe, tmp_path: Path, make, message: str
+) -> None:
     out = tmp_path / "mine"
     make(out)
     before = sorted((str(p), p.read_bytes()) for p in [out, *out.rglob("*")] if p.is_file())
@@ -144,7 +151,9 @@ def test_output_dir_that_lmpre_did_not_write_is_never_touched(recipe: DataRecipe
 
 def test_output_dir_of_other_settings_is_refused_not_rebuilt(recipe: DataRecipe, tmp_path: Path) -> None:
     out = prepare_dataset(recipe, tmp_path / "cache", output_dir=tmp_path / "out")
-    with pytest.raises(DataError, match=r"other settings or source files \(differing: tokenizer\).*another data\.output_dir"):
+    with pytest.raises(
+        DataError, match=r"other settings or source files \(differing: tokenizer\).*another data\.output_dir"
+    ):
         prepare_dataset(replace(recipe, tokenizer=TokenizerSpec(vocab_size=380)), tmp_path / "cache", output_dir=out)
 
 
@@ -153,7 +162,9 @@ def test_deduplication_removes_copies_and_train_copies_of_held_out_text(
 ) -> None:
     source = tmp_path / "source"
     once = prepare_dataset(recipe, tmp_path / "cache")
-    (source / "wiki.copy.raw").write_text("".join(articles[:12]).replace(" \n", "\t \n"))  # a copy, trailing space added
+    (source / "wiki.copy.raw").write_text(
+        "".join(articles[:12]).replace(" \n", "\t \n")
+    )  # a copy, trailing space added
     twice = prepare_dataset(recipe, tmp_path / "cache")
     counts = {path: read_manifest(path)["splits"] for path in (once, twice)}
     assert {split: s["documents"] for split, s in counts[once].items()} == {
@@ -169,14 +180,20 @@ def test_a_held_out_article_repeated_in_train_is_dropped_from_train(articles: li
     (source / "wiki.train.raw").write_text("".join(articles[:6]) + articles[7].replace("lobster", "crab"))
     (source / "wiki.valid.raw").write_text("".join(articles[6:8]))
     splits = {"train": "wiki.train.raw", "val": "wiki.valid.raw"}
-    recipe = DataRecipe(sources={"wiki": WikiText(str(source), splits=splits)}, dedup=Deduplication(), tokenizer=TokenizerSpec(vocab_size=380))
+    recipe = DataRecipe(
+        sources={"wiki": WikiText(str(source), splits=splits)},
+        dedup=Deduplication(),
+        tokenizer=TokenizerSpec(vocab_size=380),
+    )
     manifest = read_manifest(prepare_dataset(recipe, tmp_path / "cache"))
     assert manifest["splits"]["train"]["documents"] == 6  # the near-copy of a val article is gone
     assert manifest["splits"]["val"]["documents"] == 2
     assert manifest["sources"]["wiki"]["report"]["removed.dedup.train"] == 1
 
 
-def test_worker_processes_give_the_same_documents_as_one(recipe: DataRecipe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_worker_processes_give_the_same_documents_as_one(
+    recipe: DataRecipe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from lmpre.data import curate
 
     monkeypatch.setattr(curate, "BATCH_BYTES", 10_000)  # many batches, results reordered if they could be
@@ -196,11 +213,11 @@ def test_empty_corpus_names_the_source(tmp_path: Path) -> None:
 
 
 SCRIPT = """
-import sys
 from pathlib import Path
 from lmpre.data import DataRecipe, TokenizerSpec, prepare_dataset
 from lmpre.data.sources.wikitext import WikiText
-recipe = DataRecipe(sources={{"wiki": WikiText({source!r}, val_fraction=0.25)}}, tokenizer=TokenizerSpec(vocab_size=380))
+source = WikiText({source!r}, val_fraction=0.25)
+recipe = DataRecipe(sources={{"wiki": source}}, tokenizer=TokenizerSpec(vocab_size=380))
 print(prepare_dataset(recipe, Path({cache!r}), workers=2))
 """
 

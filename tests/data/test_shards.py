@@ -41,7 +41,11 @@ def test_windows_stay_inside_chunks_and_each_chunk_drops_its_tail(
     keep = [i % 3 != 1 for i in range(len(texts))]  # deduplication's mask: the dropped ones are not written
     written = write_token_shards(texts, keep, tmp_path / "val", tokenizer)
     expected = encoded_stream(tokenizer, [text for text, kept in zip(texts, keep, strict=True) if kept])
-    assert written == {"documents": sum(keep), "bytes": sum(len(t.encode()) for t, k in zip(texts, keep) if k), "tokens": len(expected)}
+    assert written == {
+        "documents": sum(keep),
+        "bytes": sum(len(t.encode()) for t, k in zip(texts, keep, strict=True) if k),
+        "tokens": len(expected),
+    }
     dims = [chunk["dim"] for chunk in json.loads((tmp_path / "val" / "index.json").read_text())["chunks"]]
     assert len(dims) > 1
     assert sum(dims) == len(expected)

@@ -4,9 +4,9 @@ import pytest
 from tokenizers import Tokenizer
 
 from lmpre.data import SPECIAL_TOKENS, TokenizerSpec, special_token_ids
+from lmpre.data import tokenizer as tokenizer_module
 from lmpre.data.pipeline import TOKENIZER
 from lmpre.data.sources.base import open_binary
-from lmpre.data import tokenizer as tokenizer_module
 from lmpre.data.tokenizer import build_tokenizer
 from lmpre.errors import DataError
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import Tensor
 from litdata import StreamingDataset, TokensLoader
+from torch import Tensor
 from torch.utils.data import DataLoader
 
 from lmpre.data import TokenDataModule
@@ -35,7 +35,9 @@ class TokenizedText:
 def wikitext(wiki_data: TokenDataModule) -> TokenizedText:
     """~1.1M tokens of WikiText-2 train articles, in order, from a 512-token byte-level BPE with lmpre's special
     tokens."""
-    stream = StreamingDataset(str(wiki_data.prepared_dir / "corpus" / "train"), item_loader=TokensLoader(block_size=1024))
+    stream = StreamingDataset(
+        str(wiki_data.prepared_dir / "corpus" / "train"), item_loader=TokensLoader(block_size=1024)
+    )
     tokens = torch.from_numpy(np.concatenate([stream[i] for i in range(len(stream))]).astype(np.int64))
     return TokenizedText(tokens, dict(wiki_data.special_tokens), wiki_data.vocab_size)
 

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from lmpre.data.document import Document
 from lmpre.errors import DataError
@@ -132,7 +132,7 @@ def find_files(path: str | None, patterns: Sequence[str], setting: str) -> list[
         raise DataError(f"{setting}.path is not set: pass data.source=PATH with the file or directory to read.")
     expanded = Path(path).expanduser()
     if glob.has_magic(str(expanded)):
-        matches = sorted(Path(p) for p in glob.glob(str(expanded), recursive=True) if Path(p).is_file())
+        matches = sorted(Path(p) for p in glob.glob(str(expanded), recursive=True) if Path(p).is_file())  # noqa: PTH207
         if not matches:
             raise DataError(f"No file matches {path}: check data.source / {setting}.path.")
         return matches
@@ -153,7 +153,7 @@ def open_binary(path: Path) -> IO[bytes]:
     """Open plain, .gz, .bz2, .xz or .zst files alike, streamed."""
     suffix = path.suffix.lower()
     if suffix == ".gz":
-        return gzip.open(path, "rb")
+        return cast(IO[bytes], gzip.open(path, "rb"))
     if suffix == ".bz2":
         return bz2.open(path, "rb")
     if suffix == ".xz":

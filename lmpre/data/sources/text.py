@@ -25,7 +25,9 @@ class TextFiles(Source):
 
     patterns = ("*.txt", "*.txt.gz", "*.txt.bz2", "*.txt.xz", "*.txt.zst")
 
-    def __init__(self, path: str | None = None, *, holdout: str = "hash", bundled: str | None = None, **kwargs: float | str) -> None:
+    def __init__(
+        self, path: str | None = None, *, holdout: str = "hash", bundled: str | None = None, **kwargs: float | str
+    ) -> None:
         super().__init__(path, **kwargs)  # type: ignore[arg-type]
         self.holdout = holdout
         self.bundled = bundled
@@ -50,6 +52,10 @@ class TextFiles(Source):
             return
         val_start = round(len(text) * (1 - self.val_fraction - self.test_fraction))
         test_start = round(len(text) * (1 - self.test_fraction))
-        for split, piece in (("train", text[:val_start]), ("val", text[val_start:test_start]), ("test", text[test_start:])):
+        for split, piece in (
+            ("train", text[:val_start]),
+            ("val", text[val_start:test_start]),
+            ("test", text[test_start:]),
+        ):
             if piece:
                 yield self.document(piece, f"{name}:{split}", split)

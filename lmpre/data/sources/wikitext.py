@@ -111,7 +111,9 @@ class WikiText(Source):
         for number, article in enumerate(wikitext_articles(lines)):
             text = "\n".join(article).strip("\n")
             if text.strip():  # the blank lines before the first title are no article
-                title = article[0].strip(" =") if _TITLE_LINE.match(article[0]) else f"{path.name}@{unit.start}:{number}"
+                title = (
+                    article[0].strip(" =") if _TITLE_LINE.match(article[0]) else f"{path.name}@{unit.start}:{number}"
+                )
                 yield self.document(text, title, split)
 
     def _split_of(self, path: Path) -> str | None:
@@ -125,7 +127,8 @@ def article_ranges(path: Path, target_bytes: int) -> list[tuple[int, int | None]
     """Byte ranges of about `target_bytes`, never inside an article; compressed files are read whole."""
     if path.suffix not in (".raw", ".txt"):
         return [(0, None)]
-    ranges, start, offset = [], 0, 0
+    ranges: list[tuple[int, int | None]] = []
+    start = offset = 0
     with path.open("rb") as file:
         for line in file:
             if offset - start >= target_bytes and _TITLE_LINE_BYTES.match(line):

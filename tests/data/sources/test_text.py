@@ -18,7 +18,10 @@ def test_one_document_per_file_without_bom_or_crlf(tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_text("First book")
     (tmp_path / "notes.md").write_text("not a .txt file")
     docs = read_all(TextFiles(str(tmp_path)))
-    assert [(doc.id, doc.text, doc.split) for doc in docs] == [("a.txt", "First book", None), ("b.txt", "Title\n\nBody\n", None)]
+    assert [(doc.id, doc.text, doc.split) for doc in docs] == [
+        ("a.txt", "First book", None),
+        ("b.txt", "Title\n\nBody\n", None),
+    ]
 
 
 def test_tail_holdout_cuts_by_characters_like_nanogpt() -> None:

@@ -34,7 +34,8 @@ def test_articles_start_at_their_title_and_keep_their_sections(valid_raw: Path) 
     assert texts[0].startswith(" = Homarus gammarus = \n \n Homarus gammarus , known as the European lobster")
     for text in texts:
         title, *body = text.split("\n")
-        assert title.startswith(" = ") and not title.startswith(" = =")
+        assert title.startswith(" = ")
+        assert not title.startswith(" = =")
         assert not any(line.startswith(" = ") and not line.startswith(" = =") for line in body)
     assert sum(text.count("\n = = ") for text in texts) > 100  # sections stay inside articles
 
