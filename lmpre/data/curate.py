@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+from rich.console import Console
+from rich.progress import Progress, TextColumn, TimeElapsedColumn
 
 from lmpre.data.dedup import MinHasher, exact_key
 from lmpre.data.document import SPLITS, Document, holdout_split
@@ -92,8 +94,13 @@ def curate(source: Source, curation: Curation, out: Path, workers: int) -> dict[
             texts[split] = stack.enter_context(documents_path(out, split).open("w", encoding="utf-8"))
             keys[f"{split}.exact"] = stack.enter_context((out / f"{split}.exact").open("wb"))
             keys[f"{split}.minhash"] = stack.enter_context((out / f"{split}.minhash").open("wb"))
+        progress = stack.enter_context(_progress())
+        task = progress.add_task(source.name, documents=0, mb=0.0, speed=0.0)
         for result in _process(source, curation, workers, stats):
             stats.update(result.stats)
+            elapsed = progress.tasks[0].elapsed or 1e-9
+            megabytes = stats["read.bytes"] / 1e6
+            progress.update(task, documents=stats["read.documents"], mb=megabytes, speed=megabytes / elapsed)
             for reason, id, text in result.removed:
                 examples = removed.setdefault(reason, [])
                 if len(examples) < EXAMPLES:
@@ -110,6 +117,17 @@ def curate(source: Source, curation: Curation, out: Path, workers: int) -> dict[
             "or relax the filters that removed everything (see the counts)."
         )
     return {"counts": dict(sorted(stats.items())), "removed_examples": removed}
+
+
+def _progress() -> Progress:
+    """Documents, MB and MB/s read so far, on the terminal (nothing when output goes to a file)."""
+    return Progress(
+        TextColumn("preparing {task.description}:"),
+        TextColumn("{task.fields[documents]:,} documents, {task.fields[mb]:,.1f} MB, {task.fields[speed]:.1f} MB/s"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        disable=not sys.stderr.isatty(),
+    )
 
 
 def _summary(stats: Counter[str]) -> str:
