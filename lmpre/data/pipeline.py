@@ -17,7 +17,7 @@ import numpy as np
 
 from lmpre import __version__
 from lmpre.data.cache import build_once, describe, describe_files, key_of, sha256_file
-from lmpre.data.curate import Curation, curate, exact_keys, read_documents, signatures
+from lmpre.data.curate import EXAMPLE_CHARS, EXAMPLES, Curation, curate, exact_keys, read_documents, signatures
 from lmpre.data.dedup import Deduplication
 from lmpre.data.document import SPLITS
 from lmpre.data.filters import Filter
@@ -33,6 +33,9 @@ PIPELINE_VERSION = 2
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
 STAGE = "stage.json"  # written last into a documents stage: its report, and the mark that it is complete
+
+
+Masks = dict[str, dict[str, np.ndarray]]  # source -> split -> which documents are kept
 
 
 @dataclass
@@ -75,6 +78,7 @@ def prepare_dataset(
         "documents": {name: stage.name for name, stage in stages.items()},
         "dedup": describe(recipe.dedup) if recipe.dedup else None,
         "tokenizer": _describe_tokenizer(recipe.tokenizer),
+        "removed_examples": recipe.removed_examples,
     }
     key = key_of(settings)
     target = output_dir.expanduser().resolve() if output_dir else cache_dir / "prepared" / key
@@ -156,7 +160,7 @@ def _documents_stage(source: Source, recipe: DataRecipe, cache_dir: Path, worker
 def _build(out: Path, recipe: DataRecipe, stages: dict[str, Path], key: str, settings: dict[str, Any]) -> None:
     """Write tokenizer, shards and (last) the manifest into the empty directory `out`."""
     reports = {name: json.loads((stage / STAGE).read_text()) for name, stage in stages.items()}
-    keep = _deduplicate(stages, recipe.dedup)
+    keep, dropped = _deduplicate(stages, recipe.dedup)
     tokenizer = build_tokenizer(recipe.tokenizer, _train_sample(stages, keep, recipe))
     tokenizer.save(str(out / TOKENIZER))
     sources: dict[str, Any] = {}
@@ -167,6 +171,7 @@ def _build(out: Path, recipe: DataRecipe, stages: dict[str, Path], key: str, set
             mask = keep[name][split]
             splits[split] = write_token_shards(read_documents(stage, split), mask, out / name / split, tokenizer)
             counts[f"removed.dedup.{split}"] = int((~mask).sum())
+            _add_examples(reports[name]["removed_examples"], stage, split, dropped.get(name, {}).get(split, {}))
         sources[name] = {
             "documents_stage": str(stage),
             "weight": recipe.sources[name].weight,
@@ -205,22 +210,26 @@ def _build(out: Path, recipe: DataRecipe, stages: dict[str, Path], key: str, set
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
 
 
-def _deduplicate(stages: dict[str, Path], dedup: Deduplication | None) -> dict[str, dict[str, np.ndarray]]:
-    """Which documents survive deduplication across every source and split: val and test documents enter the
-    index first, so a train document that repeats one of them is dropped from train (validation then never
-    measures memorisation)."""
+def _deduplicate(
+    stages: dict[str, Path], dedup: Deduplication | None
+) -> tuple[Masks, dict[str, dict[str, dict[int, str]]]]:
+    """Which documents survive deduplication across every source and split, and why the others were dropped
+    (source -> split -> document index -> reason). Val and test documents enter the index first, so a train
+    document that repeats one of them is dropped from train (validation then never measures memorisation)."""
     counts = {name: {split: _count_lines(stage, split) for split in SPLITS} for name, stage in stages.items()}
     keep = {name: {split: np.ones(n, dtype=bool) for split, n in splits.items()} for name, splits in counts.items()}
     if dedup is None:
-        return keep
+        return keep, {}
+    reasons: dict[str, dict[str, dict[int, str]]] = {name: {split: {} for split in SPLITS} for name in stages}
     index = dedup.index()
     for split in ("val", "test", "train"):
         for name, stage in stages.items():
             sigs = signatures(stage, split, dedup.num_perm) if dedup.near else None
             for i, exact in enumerate(exact_keys(stage, split)):
-                if index.check(exact, sigs[i] if sigs is not None and len(sigs) else None) is not None:
+                if reason := index.check(exact, sigs[i] if sigs is not None else None):
                     keep[name][split][i] = False
-    return keep
+                    reasons[name][split][i] = reason
+    return keep, reasons
 
 
 def _count_lines(stage: Path, split: str) -> int:
@@ -228,7 +237,7 @@ def _count_lines(stage: Path, split: str) -> int:
         return sum(1 for _ in file)
 
 
-def _train_sample(stages: dict[str, Path], keep: dict[str, dict[str, np.ndarray]], recipe: DataRecipe) -> Iterator[str]:
+def _train_sample(stages: dict[str, Path], keep: Masks, recipe: DataRecipe) -> Iterator[str]:
     """Kept train documents of every source, each source's share of the tokenizer sample in proportion to its
     weight, so the vocabulary fits the mixture that is trained on."""
     total = sum(source.weight for source in recipe.sources.values())
@@ -241,6 +250,18 @@ def _train_sample(stages: dict[str, Path], keep: dict[str, dict[str, np.ndarray]
                 used += len(text.encode())
                 if used >= budget:
                     break
+
+
+def _add_examples(examples: dict[str, list[dict[str, str]]], stage: Path, split: str, dropped: dict[int, str]) -> None:
+    """The first documents deduplication dropped, beside the filters' examples in the report."""
+    wanted = dict(list(dropped.items())[:EXAMPLES])
+    if not wanted:
+        return
+    for i, text in enumerate(read_documents(stage, split)):
+        if i in wanted:
+            examples.setdefault(f"{wanted[i]}.{split}", []).append({"id": f"{split}:{i}", "text": text[:EXAMPLE_CHARS]})
+        if i >= max(wanted):
+            return
 
 
 def _write_removed_examples(out: Path, reports: dict[str, dict[str, Any]], per_reason: int) -> None:

@@ -172,6 +172,12 @@ def test_deduplication_removes_copies_and_train_copies_of_held_out_text(
     }
     report = read_manifest(twice)["sources"]["wiki"]["report"]
     assert sum(report[f"removed.dedup.{split}"] for split in ("train", "val", "test")) == 12
+    audit = replace(recipe, removed_examples=2)
+    removed = [json.loads(line) for line in (prepare_dataset(audit, tmp_path / "cache") / "removed.jsonl").open()]
+    assert removed
+    assert all(example["reason"].startswith("dedup.exact.") for example in removed)
+    titles = {article.split("\n", 1)[0].strip() for article in articles[:12]}
+    assert all(example["text"].split("\n", 1)[0].strip() in titles for example in removed)
 
 
 def test_a_held_out_article_repeated_in_train_is_dropped_from_train(articles: list[str], tmp_path: Path) -> None:
