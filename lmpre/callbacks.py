@@ -80,6 +80,7 @@ class StopOnSignal(L.Callback):
         self.run_dir = run_dir
         self.signum: int | None = None
         self.saved_step: int | None = None
+        self._started = False  # training has started (on_train_start)
         self._training = False
         self._stopping = False
         self._previous: dict[int, Any] = {}
@@ -107,13 +108,15 @@ class StopOnSignal(L.Callback):
             os._exit(128 + signum)
         self.signum = signum
         if not self._training:
-            raise Interrupted(signum, f"interrupted by {name} before training started: nothing to save")
+            raise self.interrupted()
         _write_stderr(f"{name}: saving a checkpoint after this step, then stopping (send it again to exit at once)")
 
     def interrupted(self) -> Interrupted:
         """The exception that ends the run, saying what was saved."""
         assert self.signum is not None
         name = signal.Signals(self.signum).name
+        if not self._started:
+            return Interrupted(self.signum, f"interrupted by {name} before training started: nothing to save")
         if self.saved_step is None:
             return Interrupted(self.signum, f"interrupted by {name}: nothing saved since the last checkpoint")
         where = f" with hydra.run.dir={self.run_dir}" if self.run_dir else ""
@@ -124,7 +127,7 @@ class StopOnSignal(L.Callback):
         )
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._training = True
+        self._started = self._training = True
         self._install()  # Lightning has just put its own SIGTERM handler in place
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -63,6 +63,8 @@ def test_training_on_wikitext_learns_logs_and_checkpoints(tiny_run, tmp_path: Pa
 
     val = [e.value for e in events.Scalars("val/loss")]
     assert [e.step for e in events.Scalars("val/loss")] == [0, 39, 69]  # untrained, then every 40 and the last
+    # Found: each text sample was logged one step after the scalars of its validation.
+    assert [e.step for e in events.Tensors("val/sample/text_summary")] == [0, 39, 69]
     assert val[0] == pytest.approx(math.log(cfg.data.tokenizer.vocab_size), abs=0.5)
     assert val[-1] < val[1] < val[0] - 1.0
     assert metrics["val/ppl"] == pytest.approx(math.exp(metrics["val/loss"]), rel=1e-4)
@@ -178,3 +180,81 @@ def test_cpu_preset_learns_in_300_steps(preset: str, tmp_path: Path) -> None:
     val = [e.value for e in scalars(tmp_path).Scalars("val/loss")]
     assert val[-1] < val[0] - 1.5, val  # from ~ln(8192) = 9.0 untrained
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+# ------------------------------------------------------------------------------------------------ what a run shows
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory):
+    from launch import tiny_corpus
+
+    return tiny_corpus(tmp_path_factory)
+
+
+def test_train_log_holds_what_the_console_shows(corpus, tmp_path: Path) -> None:
+    """Found: train.log held only "reusing prepared data". Now it has the parameter count, the model summary (without
+    Lightning's FLOPs column of zeros: training FLOPs are logged after the first step), every validation's metrics,
+    the progress lines, and errors."""
+    from launch import launch
+
+    run_dir = tmp_path / "run"
+    result = launch(*corpus.run("gpt", "trainer.max_steps=12", "trainer.val_check_interval=5"), run_dir=run_dir)
+    assert result.exitcode == 0, result.output[-3000:]
+    log = (run_dir / "train.log").read_text()
+    assert "CausalLM: 45,536 parameters without embeddings, 57,024 in all" in log
+    assert "Total params" in log
+    assert "FLOPs" not in log.split("Total params")[0]  # the summary table has no FLOPs column
+    assert "training FLOPs per batch and process" in log
+    validations = [line.split(" - ", 1)[1] for line in log.splitlines() if ": val/acc " in line]
+    assert [line.split(":")[0] for line in validations] == ["step 0/12", "step 5/12", "step 10/12", "step 12/12"]
+    assert all("val/loss" in line and "val/bpb" in line for line in validations)
+    assert "step 10/12 | train/loss" in log
+    assert "tokens/s | ETA" in log
+
+    refused = launch(*corpus.run("gpt", "resume=never"), run_dir=run_dir)
+    assert refused.exitcode == 1
+    assert f"error: {run_dir} already holds a run" in (run_dir / "train.log").read_text()
+
+
+def test_progress_null_means_no_bar(corpus, tmp_path: Path) -> None:
+    """Found: callbacks.progress=null still drew Rich's bar (Lightning picks it when rich is installed)."""
+    from lmpre.callbacks import StepProgressBar
+    from lmpre.train import build
+
+    cfg = compose_train(*corpus.run("gpt", f"paths.output_dir={tmp_path}"))  # callbacks.progress=null
+    assert build(cfg)[2].progress_bar_callback is None
+    cfg.callbacks.progress = {"_target_": "lmpre.callbacks.StepProgressBar"}  # the default
+    assert isinstance(build(cfg)[2].progress_bar_callback, StepProgressBar)
+
+
+def test_the_bar_counts_the_runs_steps_across_epochs_and_resumes(corpus, tmp_path: Path) -> None:
+    """Found: the bar showed "Epoch 0/-2" on step-based runs and "40/19" after a resume. Now one bar over the run:
+    step of max_steps (from where a resumed run stopped), time left and tokens/s."""
+    import io
+
+    import lightning as L
+
+    from lmpre.callbacks import StepProgressBar
+    from lmpre.train import build
+
+    class FirstStep(L.Callback):
+        def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+            if not hasattr(self, "completed"):
+                self.completed = bar.train_progress_bar.completed
+
+    for max_steps, resume in ((6, None), (14, tmp_path / "checkpoints" / "last.ckpt")):
+        screen = io.StringIO()
+        bar = StepProgressBar(console_kwargs={"file": screen, "force_terminal": True, "width": 160})
+        first = FirstStep()
+        cfg = compose_train(*corpus.run("gpt", f"trainer.max_steps={max_steps}", f"paths.output_dir={tmp_path}"))
+        datamodule, model, trainer = build(cfg, callbacks_extra=[bar, first])
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
+        task = bar.train_progress_bar
+        assert (task.total, task.completed) == (max_steps, max_steps)  # 14 steps cross an epoch: still one bar
+        assert first.completed == (1 if resume is None else 7)
+        assert task.description.strip() == "step"
+        shown = screen.getvalue()
+        assert f"{max_steps}/{max_steps}" in shown
+        assert "tokens/s" in shown
+        assert "Epoch" not in shown
