@@ -16,10 +16,13 @@ from tokenizers import Tokenizer
 
 from lmpre.data.dedup import Deduplication
 from lmpre.data.filters import Filter
+from lmpre.data.loader import ResumableStreamingDataLoader
 from lmpre.data.pipeline import TOKENIZER, DataRecipe, prepare_dataset, read_manifest
 from lmpre.data.sources import Source
 from lmpre.data.tokenizer import SpecialTokens, TokenizerSpec, special_token_ids
 from lmpre.errors import DataError
+
+SHARE_LOG_STEPS = 50  # how often a mixture's drawn shares are logged
 
 
 class SourceWindows(StreamingDataset):
@@ -167,7 +170,7 @@ class TokenDataModule(L.LightningDataModule):
         if trainer is not None and trainer.training:
             names = list(self.manifest["sources"])
             self.drawn.update(names[i] for i in batch["source"].tolist())
-            if len(names) > 1 and trainer.global_step % max(trainer.log_every_n_steps, 1) == 0:
+            if len(names) > 1 and trainer.global_step % SHARE_LOG_STEPS == 0:
                 total = sum(self.drawn.values())
                 shares = {f"data/share/{name}": self.drawn[name] / total for name in names}
                 for logger in trainer.loggers:
@@ -210,7 +213,7 @@ class TokenDataModule(L.LightningDataModule):
         return CombinedStreamingDataset(datasets, seed=self.seed, iterate_over_all=True)
 
     def _loader(self, split: str) -> StreamingDataLoader:
-        return StreamingDataLoader(
+        return ResumableStreamingDataLoader(
             self.datasets[split],
             batch_size=self.batch_size,
             num_workers=self.num_workers,
