@@ -171,13 +171,17 @@ def _main(argv: list[str], output: str, env: dict[str, str], fsize_limit: int | 
 
 class KillAt(L.Callback):
     """Send `signum` to this process `times` times at `step` of `phase`: train (before the step runs), validation
-    (after its first batch) or validate (the step-0 validation before training)."""
+    (after its first batch) or validate (the step-0 validation before training); only on `rank` when given."""
 
-    def __init__(self, step: int, phase: str = "train", signum: int = signal.SIGKILL, times: int = 1) -> None:
-        self.step, self.phase, self.signum, self.times = step, phase, signum, times
+    def __init__(
+        self, step: int, phase: str = "train", signum: int = signal.SIGKILL, times: int = 1, rank: int | None = None
+    ) -> None:
+        self.step, self.phase, self.signum, self.times, self.rank = step, phase, signum, times, rank
         self.done = False
 
     def _fire(self, trainer: L.Trainer, phase: str) -> None:
+        if self.rank is not None and trainer.global_rank != self.rank:
+            return
         if not self.done and phase == self.phase and trainer.global_step == self.step:
             self.done = True
             for _ in range(self.times):
@@ -191,10 +195,13 @@ class KillAt(L.Callback):
             self._fire(trainer, "validate" if trainer.state.fn == "validate" else "validation")
 
 
-def kill_at(step: int, phase: str = "train", signum: int = signal.SIGKILL, times: int = 1) -> str:
-    return (
-        f"+callbacks.kill={{_target_: launch.KillAt, step: {step}, phase: {phase}, signum: {signum}, times: {times}}}"
-    )
+def kill_at(
+    step: int, phase: str = "train", signum: int = signal.SIGKILL, times: int = 1, rank: int | None = None
+) -> str:
+    spec = f"_target_: launch.KillAt, step: {step}, phase: {phase}, signum: {signum}, times: {times}"
+    if rank is not None:
+        spec += f", rank: {rank}"
+    return f"+callbacks.kill={{{spec}}}"
 
 
 # ---------------------------------------------------------------------------------------------------- inspecting

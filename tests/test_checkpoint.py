@@ -109,6 +109,18 @@ def test_an_unusable_checkpoint_is_a_clear_error_before_any_work(
     assert not fresh_data.exists(), "the data was prepared before the checkpoint was checked"
 
 
+def test_resume_picks_the_newest_checkpoint_that_loads(runs: dict[str, Path], tmp_path: Path) -> None:
+    directory = tmp_path / "checkpoints"
+    shutil.copytree(runs["gpt"] / "checkpoints", directory)
+    steps = {path.name: checkpoint.inspect(path).step for path in directory.glob("*.ckpt")}
+    assert checkpoint.latest(directory).path.name == "last.ckpt"
+    (directory / "last.ckpt").write_bytes((directory / "last.ckpt").read_bytes()[:5000])  # left by an old lmpre
+    older = checkpoint.latest(directory)
+    assert older is not None
+    assert older.path.name != "last.ckpt"
+    assert older.step == steps[older.path.name]
+
+
 def test_a_checkpoint_records_its_run_and_rebuilds_on_its_own(runs: dict[str, Path], tmp_path: Path) -> None:
     """A checkpoint records objective, backbone, window, tokenizer and data; copied away with the tokenizer and
     manifest saved beside it, it rebuilds the trained objective alone (the right class, the same weights)."""
@@ -222,3 +234,42 @@ def test_a_cli_error_is_one_line(corpus: TinyCorpus, tmp_path: Path) -> None:
     ]
     assert "Traceback" not in result.output
     assert errors[0] in (tmp_path / "run" / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_a_real_fsdp_checkpoint_consolidates_into_a_loadable_file(corpus: TinyCorpus, tmp_path: Path) -> None:
+    """FSDP2 on two CPU processes saves a sharded directory; `python -m lmpre.checkpoint consolidate` makes one file
+    of it that rebuilds the objective without FSDP."""
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "run"
+    fsdp = ["trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true"]
+    args = [*corpus.run("gpt", "trainer.max_steps=6", "trainer.val_check_interval=3"), *fsdp]
+    result = subprocess.run(
+        [sys.executable, "-m", "lmpre.train", *args, f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    sharded = run_dir / "checkpoints" / "last.ckpt"
+    assert checkpoint.is_sharded(sharded)
+    assert checkpoint.latest(run_dir / "checkpoints", sharded_ok=True).step == 6
+    with pytest.raises(CheckpointError, match="consolidate"):
+        checkpoint.inspect(sharded)
+    merged = subprocess.run(
+        [sys.executable, "-m", "lmpre.checkpoint", "consolidate", str(sharded), str(tmp_path / "full.ckpt")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert merged.returncode == 0, merged.stderr[-3000:]
+    model = checkpoint.load_objective(tmp_path / "full.ckpt")
+    assert type(model) is CausalLM
+    fresh = CausalLM(model.config, special_tokens=model.special_tokens)
+    assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in fresh.state_dict().items()}
+    assert not all(
+        torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values(), strict=True)
+    )

@@ -144,3 +144,31 @@ def test_a_config_error_on_the_command_line_is_one_line(corpus: TinyCorpus, tmp_
         "error: data.batch_size=0 must be at least 1 (windows per batch and process)"
     ]
     assert "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_ddp_processes_stops_both_after_the_same_step(corpus: TinyCorpus, tmp_path: Path) -> None:
+    """A signal that reaches one process of a DDP run (rank 0 here) stops every process after the same step,
+    with one checkpoint of that step."""
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "run"
+    ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true"]
+    args = [*corpus.run("gpt", *RUN), *ddp, kill_at(7, "train", signal.SIGTERM, rank=0), f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    result = subprocess.run(
+        [sys.executable, "-m", "lmpre.train", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 143, result.stderr[-3000:]
+    assert checkpoint.inspect(run_dir / "checkpoints" / "last.ckpt").step == 8
+    resumed = subprocess.run(
+        [sys.executable, "-m", "lmpre.train", *args[:-2], f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert checkpoint.inspect(run_dir / "checkpoints" / "last.ckpt").step == 20
