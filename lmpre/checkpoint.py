@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import os
+import pickle
 import re
 import tempfile
 from collections.abc import Callable, Mapping
@@ -234,12 +235,16 @@ def inspect(path: Path, *, setting: str = "ckpt_path", sharded_ok: bool = False)
 
 def _load(path: Path, setting: str) -> Any:
     try:
-        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        try:
+            return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        except pickle.UnpicklingError:  # objects weights_only does not allow (e.g. a callback's state): as Lightning
+            return torch.load(path, map_location="cpu", mmap=True, weights_only=False)
     except Exception as err:  # truncated zip, not a zip, unpicklable: all mean "cannot be used"
         size = path.stat().st_size
+        first_line = str(err).splitlines()[0] if str(err) else ""
         raise CheckpointError(
             f"{setting}={path} cannot be read ({size:,} bytes, truncated or not a checkpoint: "
-            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); use another checkpoint"
+            f"{type(err).__name__}: {first_line}); use another checkpoint"
         ) from None
 
 
