@@ -70,3 +70,34 @@ def test_a_single_source_setting_is_refused_for_a_mixture(tmp_path: Path) -> Non
 
     with pytest.raises(DataError, match=r"mixes 2 sources: set data\.sources\.NAME\.path"):
         TokenDataModule(sources={"a": WikiText(), "b": WikiText()}, source=str(tmp_path))
+
+
+def test_training_on_a_mixture_logs_the_shares_it_drew(tmp_path: Path) -> None:
+    """data=wiki_books, with the bundled Tiny Shakespeare standing in for the books: 70/30 as trained."""
+    from hydra_configs import compose_config
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from test_train import TINY
+
+    from lmpre.train import train
+
+    cfg = compose_config(
+        "train",
+        "data=wiki_books",
+        "data.sources.books._target_=lmpre.data.sources.text.TextFiles",
+        "+data.sources.books.bundled=tinyshakespeare",
+        "+data.sources.books.holdout=tail",
+        "data.tokenizer.vocab_size=512",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        *TINY,
+        "data.batch_size=16",
+        "trainer.max_steps=101",
+        "trainer.val_check_interval=101",
+        f"paths.output_dir={tmp_path / 'run'}",
+    )
+    train(cfg)
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    shares = {name: events.Scalars(f"data/share/{name}")[-1] for name in ("corpus", "books")}
+    assert shares["books"].step == 100
+    assert shares["books"].value == pytest.approx(0.3, abs=0.02)
+    assert shares["corpus"].value + shares["books"].value == pytest.approx(1.0)
