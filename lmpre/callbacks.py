@@ -81,6 +81,7 @@ class StopOnSignal(L.Callback):
         self.signum: int | None = None
         self.saved_step: int | None = None
         self._started = False  # training has started (on_train_start)
+        self._trainer: L.Trainer | None = None
         self._training = False
         self._stopping = False
         self._previous: dict[int, Any] = {}
@@ -105,6 +106,9 @@ class StopOnSignal(L.Callback):
         name = signal.Signals(signum).name
         if self.signum is not None:
             _write_stderr(f"interrupted by a second {name}: exiting at once, without saving")
+            launcher = getattr(getattr(self._trainer, "strategy", None), "launcher", None)
+            if launcher is not None:  # processes Lightning started for the other ranks would wait forever
+                launcher.kill(signal.SIGKILL)
             os._exit(128 + signum)
         self.signum = signum
         if not self._training:
@@ -128,6 +132,7 @@ class StopOnSignal(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._started = self._training = True
+        self._trainer = trainer
         self._install()  # Lightning has just put its own SIGTERM handler in place
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
