@@ -126,7 +126,7 @@ def plan_run(cfg: DictConfig) -> RunPlan:
                 f"ckpt_path=last, but {checkpoint_dir} holds no checkpoint that loads: pass ckpt_path=PATH, "
                 "or leave it unset to start a new run"
             )
-    elif ckpt_path in ("best",):
+    elif ckpt_path == "best":
         raise CheckpointError("ckpt_path=best is not supported: pass the checkpoint's path, or ckpt_path=last")
     elif ckpt_path:
         info = checkpoint.inspect(Path(str(ckpt_path)), sharded_ok=sharded_ok)
