@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.strategies import ModelParallelStrategy
@@ -31,3 +33,25 @@ class FullyShardedStrategy(ModelParallelStrategy):
     def setup_environment(self) -> None:
         self._data_parallel_size = self.num_nodes * self.num_processes  # known only once launched
         super().setup_environment()
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None) -> None:
+        """Every rank writes its shards into a partial directory beside the target, renamed into place once all
+        have written: Lightning writes into the target itself, so a kill mid-save left a mix of two steps'
+        shards under the name of a complete checkpoint."""
+        if not self._save_distributed_checkpoint:
+            super().save_checkpoint(checkpoint, filepath, storage_options)
+            return
+        target = Path(self.broadcast(filepath))
+        partial, old = (target.with_name(f".{target.name}.{suffix}") for suffix in ("partial", "old"))
+        if self.is_global_zero:
+            for leftover in (partial, old):  # from a save that was killed
+                shutil.rmtree(leftover, ignore_errors=True)
+        self.barrier()
+        super().save_checkpoint(checkpoint, partial, storage_options)
+        self.barrier()
+        if self.is_global_zero:
+            if target.exists():
+                target.replace(old)
+            partial.replace(target)
+            shutil.rmtree(old, ignore_errors=True)
+        self.barrier()
