@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -15,10 +16,11 @@ from lmpre.data import TokenDataModule
 from lmpre.prepare import report
 
 
-def prepare_cli(*args: str, cwd: Path) -> subprocess.Popen[str]:
+def prepare_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "lmpre.prepare", *args],
         cwd=cwd,
+        env={**os.environ, **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -36,14 +38,21 @@ def test_the_report_shows_reads_removals_and_kept_splits(wiki_data: TokenDataMod
         assert f"{tokens:,}" in text
 
 
-def test_prepare_prints_where_the_data_is(tmp_path: Path) -> None:
+def test_prepare_prints_where_the_data_is_and_leaves_no_temporary_file(tmp_path: Path) -> None:
+    temp = tmp_path / "system-temp"
+    temp.mkdir()
     process = prepare_cli(
-        "data=shakespeare", f"data.cache_dir={tmp_path / 'cache'}", f"data.output_dir={tmp_path / 'out'}", cwd=tmp_path
+        "data=shakespeare",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"data.output_dir={tmp_path / 'out'}",
+        cwd=tmp_path,
+        env={"TMPDIR": str(temp)},
     )
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr
     assert f"prepared data: {tmp_path / 'out'}" in stdout.replace("\n", "")
     assert "vocab size: 359 (uint16 tokens)" in stdout  # one token per byte, plus the special tokens
+    assert [path for path in temp.rglob("*") if path.is_file()] == []
 
 
 @pytest.mark.parametrize(
