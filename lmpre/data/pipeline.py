@@ -48,12 +48,15 @@ class DataRecipe:
     tokenizer: TokenizerSpec = field(default_factory=TokenizerSpec)
     removed_examples: int = 0  # removed documents written per source and reason to removed.jsonl, for auditing
 
+    def __post_init__(self) -> None:
+        for name, source in self.sources.items():
+            source.name = name  # its key in data.sources: names its stage, its shards and its settings in errors
+
     def check(self) -> None:
         """Every setting that cannot work, before any expensive work."""
         if not self.sources:
             raise DataError("data.sources is empty: name at least one source (see conf/source/).")
-        for name, source in self.sources.items():
-            source.name = name
+        for source in self.sources.values():
             source.check()
         self.tokenizer.check()
 
