@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import lzma
 import pickle
 import random
 from typing import Any
@@ -11,7 +10,6 @@ import numpy as np
 import pytest
 
 from lmpre.data import dedup
-from lmpre.data.corpora import bundled
 from lmpre.data.dedup import (
     Deduplication,
     DuplicateIndex,
@@ -21,18 +19,7 @@ from lmpre.data.dedup import (
     exact_key,
     lsh_bands,
 )
-from lmpre.data.sources.wikitext import wikitext_articles
 from lmpre.errors import ConfigError
-
-
-@pytest.fixture(scope="module")
-def articles() -> list[str]:
-    """The 60 articles of the bundled WikiText-2 validation file, as its source reads them."""
-    path = bundled("wikitext-2-raw") / "wiki.valid.raw.xz"
-    if not path.is_file():
-        pytest.skip(f"{path} is missing")
-    lines = lzma.decompress(path.read_bytes()).decode().split("\n")
-    return ["\n".join(article).strip("\n") for article in wikitext_articles(lines) if "".join(article).strip()]
 
 
 def edit_words(text: str, edits: int, seed: int = 0) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import lzma
 import pickle
 import random
 from collections import Counter
@@ -14,28 +13,16 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from lmpre.data.corpora import bundled
 from lmpre.data.document import Document
 from lmpre.data.filters import Filter, GopherQuality, GopherRepetition, Language, Normalize, run_filters
 from lmpre.data.filters.base import split_words
 from lmpre.data.filters.language import identifier
 from lmpre.data.filters.repetition import NgramCounts
-from lmpre.data.sources.wikitext import wikitext_articles
 from lmpre.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "filter"
 QUALITY_RULES = [k for k in vars(GopherQuality()) if k.startswith(("min_", "max_"))]
 REPETITION_RULES = list(vars(GopherRepetition()))
-
-
-@pytest.fixture(scope="module")
-def articles() -> list[str]:
-    """The 60 articles of the bundled WikiText-2 validation file, as its source reads them."""
-    path = bundled("wikitext-2-raw") / "wiki.valid.raw.xz"
-    if not path.is_file():
-        pytest.skip(f"{path} is missing")
-    lines = lzma.decompress(path.read_bytes()).decode().split("\n")
-    return ["\n".join(article).strip("\n") for article in wikitext_articles(lines) if "".join(article).strip()]
 
 
 def doc(text: str) -> Document:

@@ -25,19 +25,19 @@ from lmpre.errors import DataError
 
 
 @pytest.fixture
-def articles(wikitext_raw: Path) -> list[str]:
-    """The articles of the bundled wiki.valid.raw, as raw text."""
+def raw_articles(wikitext_raw: Path) -> list[str]:
+    """The raw_articles of the bundled wiki.valid.raw, as raw text."""
     lines = open_binary(wikitext_raw / "wiki.valid.raw.xz").read().decode().splitlines(keepends=True)
     starts = [i for i, line in enumerate(lines) if line.startswith(" = ") and not line.startswith(" = =")]
     return ["".join(lines[a:b]) for a, b in zip(starts, [*starts[1:], len(lines)], strict=True)]
 
 
 @pytest.fixture
-def recipe(articles: list[str], tmp_path: Path) -> DataRecipe:
-    """Twelve real articles in a writable directory, held out by hash, with a 400-token BPE."""
+def recipe(raw_articles: list[str], tmp_path: Path) -> DataRecipe:
+    """Twelve real raw_articles in a writable directory, held out by hash, with a 400-token BPE."""
     source = tmp_path / "source"
     source.mkdir()
-    (source / "wiki.small.raw").write_text("".join(articles[:12]))
+    (source / "wiki.small.raw").write_text("".join(raw_articles[:12]))
     return DataRecipe(
         sources={"wiki": WikiText(str(source), val_fraction=0.25, test_fraction=0.1)},
         filters=[Normalize()],
@@ -158,12 +158,12 @@ def test_output_dir_of_other_settings_is_refused_not_rebuilt(recipe: DataRecipe,
 
 
 def test_deduplication_removes_copies_and_train_copies_of_held_out_text(
-    articles: list[str], recipe: DataRecipe, tmp_path: Path
+    raw_articles: list[str], recipe: DataRecipe, tmp_path: Path
 ) -> None:
     source = tmp_path / "source"
     once = prepare_dataset(recipe, tmp_path / "cache")
     (source / "wiki.copy.raw").write_text(
-        "".join(articles[:12]).replace(" \n", "\t \n")
+        "".join(raw_articles[:12]).replace(" \n", "\t \n")
     )  # a copy, trailing space added
     twice = prepare_dataset(recipe, tmp_path / "cache")
     counts = {path: read_manifest(path)["splits"] for path in (once, twice)}
@@ -176,15 +176,15 @@ def test_deduplication_removes_copies_and_train_copies_of_held_out_text(
     removed = [json.loads(line) for line in (prepare_dataset(audit, tmp_path / "cache") / "removed.jsonl").open()]
     assert removed
     assert all(example["reason"].startswith("dedup.exact.") for example in removed)
-    titles = {article.split("\n", 1)[0].strip() for article in articles[:12]}
+    titles = {article.split("\n", 1)[0].strip() for article in raw_articles[:12]}
     assert all(example["text"].split("\n", 1)[0].strip() in titles for example in removed)
 
 
-def test_a_held_out_article_repeated_in_train_is_dropped_from_train(articles: list[str], tmp_path: Path) -> None:
+def test_a_held_out_article_repeated_in_train_is_dropped_from_train(raw_articles: list[str], tmp_path: Path) -> None:
     source = tmp_path / "source"
     source.mkdir()
-    (source / "wiki.train.raw").write_text("".join(articles[:6]) + articles[7].replace("lobster", "crab"))
-    (source / "wiki.valid.raw").write_text("".join(articles[6:8]))
+    (source / "wiki.train.raw").write_text("".join(raw_articles[:6]) + raw_articles[7].replace("lobster", "crab"))
+    (source / "wiki.valid.raw").write_text("".join(raw_articles[6:8]))
     splits = {"train": "wiki.train.raw", "val": "wiki.valid.raw"}
     recipe = DataRecipe(
         sources={"wiki": WikiText(str(source), splits=splits)},
@@ -236,10 +236,10 @@ def test_a_script_without_a_main_guard_prepares(recipe: DataRecipe, tmp_path: Pa
     assert read_manifest(Path(result.stdout.strip().splitlines()[-1])) is not None
 
 
-def test_killing_prepare_kills_its_workers(articles: list[str], tmp_path: Path) -> None:
+def test_killing_prepare_kills_its_workers(raw_articles: list[str], tmp_path: Path) -> None:
     source = tmp_path / "source"
     source.mkdir()
-    (source / "wiki.big.raw").write_text("".join(articles) * 20)  # long enough to be killed mid-way
+    (source / "wiki.big.raw").write_text("".join(raw_articles) * 20)  # long enough to be killed mid-way
     script = tmp_path / "prepare_it.py"
     script.write_text(SCRIPT.format(source=str(source), cache=str(tmp_path / "cache")))
     process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)

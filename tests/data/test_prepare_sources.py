@@ -18,6 +18,7 @@ import pytest
 from hydra.utils import instantiate
 from hydra_configs import compose_config
 from litdata import StreamingDataset, TokensLoader
+from test_train import TINY as TRAIN_TINY
 
 from lmpre.data import Document, TokenDataModule
 from lmpre.data.corpora import bundled
@@ -28,20 +29,8 @@ from lmpre.data.sources.base import open_binary
 VOCAB = "data.tokenizer.vocab_size=512"
 # " = Title = " opens a WikiText article (" = = Section = = " lines stay inside it).
 TITLE = re.compile(r"^ = (?!=)(.*?) = $", re.MULTILINE)
-# A model and batch small enough for seconds per run on 2 CPU cores (tests/test_train.py's TINY, without the
-# causal LM's sample_tokens).
-TINY = [
-    "model.backbone.d_model=64",
-    "model.backbone.n_layer=2",
-    "model.backbone.n_head=2",
-    "data.seq_len=64",
-    "data.batch_size=8",
-    "optim.warmup_steps=5",
-    "trainer.limit_val_batches=4",
-    "trainer.log_every_n_steps=1",
-    "trainer.num_sanity_val_steps=0",
-    "callbacks.progress=null",
-]
+# tests/test_train.py's tiny model, without the causal LM's sample_tokens (BERT and T5 have none).
+TINY = [override for override in TRAIN_TINY if not override.startswith("model.sample_tokens")]
 
 
 # --- helpers -------------------------------------------------------------------------------------------------------
