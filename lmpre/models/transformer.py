@@ -1,16 +1,21 @@
 """The one transformer backbone behind every objective.
 
-Read top to bottom it is the architecture: config → norm → rotary positions → attention → MLP →
-block → stack → model. A decoder-only GPT, a bidirectional BERT encoder and a T5 encoder-decoder
-are the same `Block`: causal or not, with or without cross-attention. Differences between models
-are config fields, never subclasses.
+Read top to bottom it is the architecture: config → norm → positions (rotary, relative bias) →
+attention → MLP → block → stack → model. A decoder-only GPT, a bidirectional BERT encoder and a T5
+encoder-decoder are the same `Block`: causal or not, with or without cross-attention. Differences
+between models are config fields, never subclasses.
+
+Decoding one token at a time can pass a `StackCache` (lmpre.inference.kv_cache.KVCache): each attention
+layer then appends its new keys/values to the past ones instead of recomputing them, and positions
+start where the cache ends. Training never passes one.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -30,8 +35,12 @@ class TransformerConfig:
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     norm_eps: float = 1e-5
     mlp: Literal["gelu", "swiglu"] = "gelu"
-    position: Literal["learned", "rope"] = "learned"
+    position: Literal["learned", "rope", "relative_bias"] = "learned"
     rope_base: float = 10_000.0
+    # position=relative_bias (T5): key−query distances fall into this many buckets (half exact, half
+    # logarithmic up to the max distance); each bucket has a learned bias per head
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
     dropout: float = 0.0
     bias: bool = True
     tie_embeddings: bool = True
@@ -39,6 +48,8 @@ class TransformerConfig:
     def __post_init__(self) -> None:
         if self.d_model % self.n_head:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_head={self.n_head}")
+        if self.position not in ("learned", "rope", "relative_bias"):
+            raise ValueError(f"position={self.position!r} must be one of learned, rope, relative_bias")
         if self.d_ff is None:
             self.d_ff = 4 * self.d_model if self.mlp == "gelu" else _round_up(8 * self.d_model // 3, 64)
 
@@ -72,15 +83,83 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def forward(self, x: Tensor) -> Tensor:  # x: (B, H, T, D)
+    def forward(self, x: Tensor, start: int = 0) -> Tensor:  # x: (B, H, T, D) at positions start, start + 1, …
         t = x.size(-2)
-        cos, sin = self.cos[:t].to(x.dtype), self.sin[:t].to(x.dtype)
+        cos, sin = self.cos[start : start + t].to(x.dtype), self.sin[start : start + t].to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)
         return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
+def relative_position_bucket(
+    relative_position: Tensor, *, bidirectional: bool, num_buckets: int = 32, max_distance: int = 128
+) -> Tensor:
+    """T5's bucket of each key − query distance (its `_relative_position_bucket`, to the same integers).
+
+    Bidirectional (encoder): half the buckets for keys after the query. Unidirectional (decoder): keys after
+    the query share bucket 0 with the query itself (the causal mask hides them anyway). Of the buckets for one
+    direction, half are exact distances 0, 1, …; the rest grow logarithmically up to `max_distance`, beyond
+    which every distance shares the last bucket."""
+    buckets = torch.zeros_like(relative_position)
+    if bidirectional:
+        num_buckets //= 2
+        buckets += (relative_position > 0).long() * num_buckets
+        distance = relative_position.abs()
+    else:
+        distance = (-relative_position).clamp(min=0)
+    max_exact = num_buckets // 2
+    log_ratio = torch.log(distance.float() / max_exact) / math.log(max_distance / max_exact)
+    large = (max_exact + (log_ratio * (num_buckets - max_exact)).long()).clamp(max=num_buckets - 1)
+    return buckets + torch.where(distance < max_exact, distance, large)
+
+
+class RelativePositionBias(nn.Module):
+    """T5's relative positions: a learned bias per head and distance bucket, added to attention scores.
+
+    One per stack, computed once per forward and shared by every block's self-attention (as in T5)."""
+
+    def __init__(self, config: TransformerConfig, *, bidirectional: bool) -> None:
+        super().__init__()
+        self.bidirectional = bidirectional
+        self.num_buckets = config.relative_attention_num_buckets
+        self.max_distance = config.relative_attention_max_distance
+        self.bias = nn.Embedding(self.num_buckets, config.n_head)
+
+    def forward(self, n_query: int, n_key: int, start: int = 0) -> Tensor:
+        """(1, H, n_query, n_key) biases for queries at positions start, … attending to keys at 0, …"""
+        device = self.bias.weight.device
+        query = torch.arange(start, start + n_query, device=device)[:, None]
+        key = torch.arange(n_key, device=device)[None, :]
+        buckets = relative_position_bucket(
+            key - query, bidirectional=self.bidirectional, num_buckets=self.num_buckets, max_distance=self.max_distance
+        )
+        return self.bias(buckets).permute(2, 0, 1).unsqueeze(0)
+
+
+class BlockCache(Protocol):
+    """Where one block keeps its attention keys/values while decoding (lmpre.inference.kv_cache.BlockCache)."""
+
+    cross: tuple[Tensor, Tensor] | None  # cross-attention: the encoder's keys/values, computed at the first step
+
+    def append(self, k: Tensor, v: Tensor, start: int) -> tuple[Tensor, Tensor]:
+        """Self-attention: store `k`, `v` (B, H, T, D) at positions start, …; return every key/value so far."""
+        ...
+
+
+class StackCache(Protocol):
+    """One stack's block caches, and how many positions they hold (lmpre.inference.kv_cache.KVCache)."""
+
+    length: int
+
+    @property
+    def blocks(self) -> Sequence[BlockCache]: ...
+
+
 class Attention(nn.Module):
-    """Multi-head attention; self-attention when `context` is None, cross-attention otherwise."""
+    """Multi-head attention; self-attention when `context` is None, cross-attention otherwise.
+
+    `mask` (boolean: may attend, or float: added to the scores) replaces the plain causal mask where that
+    is not enough: a relative position bias, or queries that continue a cache (SDPA's `is_causal` aligns its
+    mask top-left, wrong for fewer queries than keys)."""
 
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
@@ -90,15 +169,44 @@ class Attention(nn.Module):
         self.proj = nn.Linear(config.d_model, config.d_model, bias=config.bias)
 
     def forward(
-        self, x: Tensor, *, causal: bool, context: Tensor | None = None, rope: RotaryEmbedding | None = None
+        self,
+        x: Tensor,
+        *,
+        causal: bool,
+        context: Tensor | None = None,
+        rope: RotaryEmbedding | None = None,
+        mask: Tensor | None = None,
+        start: int = 0,
+        cache: BlockCache | None = None,
     ) -> Tensor:
         b, t, d = x.shape
-        k, v = self.kv(x if context is None else context).chunk(2, dim=-1)
-        q, k, v = (z.view(b, -1, self.n_head, d // self.n_head).transpose(1, 2) for z in (self.q(x), k, v))
+        q = self._heads(self.q(x))
         if rope is not None:
-            q, k = rope(q), rope(k)
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=causal)
+            q = rope(q, start)
+        if context is not None and cache is not None and cache.cross is not None:
+            k, v = cache.cross  # the encoder output does not change while decoding
+        else:
+            k, v = (self._heads(z) for z in self.kv(x if context is None else context).chunk(2, dim=-1))
+            if rope is not None:
+                k = rope(k, start)
+            if cache is not None and context is not None:
+                cache.cross = (k, v)
+            elif cache is not None:
+                k, v = cache.append(k, v, start)
+        if mask is not None and mask.dtype != torch.bool:
+            mask = mask.to(q.dtype)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=causal and mask is None,
+        )
         return self.proj(y.transpose(1, 2).reshape(b, t, d))
+
+    def _heads(self, z: Tensor) -> Tensor:  # (B, T, d_model) -> (B, H, T, head_dim)
+        return z.view(z.size(0), z.size(1), self.n_head, -1).transpose(1, 2)
 
 
 class MLP(nn.Module):
@@ -128,12 +236,22 @@ class Block(nn.Module):
         self.mlp_norm, self.mlp = make_norm(config), MLP(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: Tensor, context: Tensor | None = None, rope: RotaryEmbedding | None = None) -> Tensor:
-        x = x + self.dropout(self.attn(self.attn_norm(x), causal=self.causal, rope=rope))
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        rope: RotaryEmbedding | None = None,
+        *,
+        mask: Tensor | None = None,
+        start: int = 0,
+        cache: BlockCache | None = None,
+    ) -> Tensor:
+        attn = self.attn(self.attn_norm(x), causal=self.causal, rope=rope, mask=mask, start=start, cache=cache)
+        x = x + self.dropout(attn)
         if self.cross is not None and self.cross_norm is not None:
             if context is None:
                 raise ValueError("a block with cross-attention needs the encoder output as `context`")
-            x = x + self.dropout(self.cross(self.cross_norm(x), causal=False, context=context))
+            x = x + self.dropout(self.cross(self.cross_norm(x), causal=False, context=context, cache=cache))
         return x + self.dropout(self.mlp(self.mlp_norm(x)))
 
 
@@ -142,21 +260,47 @@ class Stack(nn.Module):
 
     def __init__(self, config: TransformerConfig, n_layer: int, *, causal: bool, cross_attention: bool) -> None:
         super().__init__()
+        self.causal, self.max_seq_len = causal, config.max_seq_len
         self.pos = nn.Embedding(config.max_seq_len, config.d_model) if config.position == "learned" else None
         self.rope = RotaryEmbedding(config) if config.position == "rope" else None
+        self.relative_bias = (
+            RelativePositionBias(config, bidirectional=not causal) if config.position == "relative_bias" else None
+        )
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(
             Block(config, causal=causal, cross_attention=cross_attention) for _ in range(n_layer)
         )
         self.norm = make_norm(config)
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, context: Tensor | None = None, cache: StackCache | None = None) -> Tensor:
+        """`x` (B, T, d_model) at positions start, …, start + T − 1: start is 0, or what `cache` holds."""
+        t = x.size(1)
+        start = 0
+        if cache is not None:
+            if not self.causal:
+                raise ValueError("a KV cache serves causal decoding: this stack attends both ways")
+            start = cache.length
+        if start + t > self.max_seq_len:
+            raise ValueError(f"positions up to {start + t} exceed max_seq_len={self.max_seq_len}")
         if self.pos is not None:
-            x = x + self.pos(torch.arange(x.size(1), device=x.device))
+            x = x + self.pos(torch.arange(start, start + t, device=x.device))
         x = self.dropout(x)
-        for block in self.blocks:
-            x = block(x, context, self.rope)
+        mask = self.attention_mask(t, start, x.device)
+        for i, block in enumerate(self.blocks):
+            x = block(x, context, self.rope, mask=mask, start=start, cache=None if cache is None else cache.blocks[i])
+        if cache is not None:
+            cache.length = start + t
         return self.norm(x)
+
+    def attention_mask(self, n_query: int, start: int, device: torch.device) -> Tensor | None:
+        """What every block's self-attention adds to (float) or allows in (bool) its scores; None when SDPA's
+        plain `is_causal` (or no mask) is right: no relative bias, and queries and keys at the same positions."""
+        n_key = start + n_query
+        bias = None if self.relative_bias is None else self.relative_bias(n_query, n_key, start)
+        if not self.causal or (bias is None and start == 0):
+            return bias
+        future = torch.ones(n_query, n_key, dtype=torch.bool, device=device).triu(start + 1)
+        return ~future if bias is None else bias.masked_fill(future, float("-inf"))
 
 
 class Transformer(nn.Module):
@@ -188,17 +332,33 @@ class Transformer(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, idx: Tensor, decoder_idx: Tensor | None = None) -> Tensor:
-        """Logits for `idx` (GPT, BERT), or for `decoder_idx` given `idx` as encoder input (T5)."""
-        for name, ids in (("input", idx), ("decoder input", decoder_idx)):
-            if ids is not None and ids.size(1) > self.config.max_seq_len:
-                raise ValueError(f"{name} has {ids.size(1)} tokens, more than max_seq_len={self.config.max_seq_len}")
-        hidden = self.encoder(self.embed(idx))
-        if self.decoder is not None:
-            if decoder_idx is None:
-                raise ValueError("an encoder-decoder model needs `decoder_idx`")
-            hidden = self.decoder(self.embed(decoder_idx), context=hidden)
-        return self.head(hidden)
+    def forward(self, idx: Tensor, decoder_idx: Tensor | None = None, cache: StackCache | None = None) -> Tensor:
+        """Logits for `idx` (GPT, BERT), or for `decoder_idx` given `idx` as encoder input (T5).
+
+        With a `cache`, `idx` (GPT) or `decoder_idx` (T5) continues the tokens the cache already holds."""
+        if self.decoder is None:
+            self._check_length("input", idx)
+            return self.head(self.encoder(self.embed(idx), cache=cache))
+        if decoder_idx is None:
+            raise ValueError("an encoder-decoder model needs `decoder_idx`")
+        return self.decode(decoder_idx, self.encode(idx), cache)
+
+    def encode(self, idx: Tensor) -> Tensor:
+        """The encoder's output for `idx`: what the decoder attends to (T5)."""
+        self._check_length("input", idx)
+        return self.encoder(self.embed(idx))
+
+    def decode(self, decoder_idx: Tensor, memory: Tensor, cache: StackCache | None = None) -> Tensor:
+        """The decoder's logits for `decoder_idx`, attending to the encoder output `memory` (T5). With a `cache`,
+        the encoder's keys/values are computed at the first call and reused after."""
+        if self.decoder is None:
+            raise ValueError("decode() needs an encoder-decoder model (backbone.n_decoder_layer > 0)")
+        self._check_length("decoder input", decoder_idx)
+        return self.head(self.decoder(self.embed(decoder_idx), context=memory, cache=cache))
+
+    def _check_length(self, name: str, ids: Tensor) -> None:
+        if ids.size(1) > self.config.max_seq_len:
+            raise ValueError(f"{name} has {ids.size(1)} tokens, more than max_seq_len={self.config.max_seq_len}")
 
     def num_parameters(self, exclude_embeddings: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())
@@ -206,7 +366,10 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None) -> Tensor:
-        """Continue `idx` (B, T) token by token; greedy when `temperature` is 0. Causal decoder-only models."""
+        """Continue `idx` (B, T) token by token; greedy when `temperature` is 0. Causal decoder-only models.
+
+        Recomputes the whole (cropped) context at every step: short samples during training. lmpre.inference
+        decodes with a KV cache, top-p and seeded generators."""
         if not self.config.causal or self.decoder is not None:
             raise ValueError("generate() samples from a causal decoder-only model")
         for _ in range(max_new_tokens):
