@@ -71,6 +71,10 @@ def test_cli_exports_a_gpt_checkpoint_that_transformers_and_lmpre_load(trained, 
     with torch.no_grad():
         ours, theirs = objective.model(ids), model(input_ids=ids).logits
     assert (ours - theirs).abs().max().item() <= 1e-4
+    # transformers' own decoding (its KV cache, its positions) continues the text as we do
+    with torch.no_grad():
+        greedy = model.generate(ids, max_new_tokens=12, do_sample=False, min_new_tokens=12)
+    assert greedy.tolist() == objective.model.generate(ids, 12, temperature=0.0).tolist()
 
     reloaded = load_objective(tmp_path / "hf")
     assert isinstance(reloaded, CausalLM)

@@ -36,9 +36,9 @@ class GPT2(Adapter):
             "embd_pdrop": config.dropout,
             "attn_pdrop": config.dropout,
             "tie_word_embeddings": config.tie_embeddings,
-            "bos_token_id": special_tokens["eot"],
-            "eos_token_id": special_tokens["eot"],
-            "pad_token_id": special_tokens["pad"],
+            "bos_token_id": special_tokens.get("eot"),
+            "eos_token_id": special_tokens.get("eot"),
+            "pad_token_id": special_tokens.get("pad"),
         }
 
     def to_hf(self, state: Mapping[str, Tensor], config: TransformerConfig) -> StateDict:

@@ -63,9 +63,9 @@ class Llama(Adapter):
             "mlp_bias": config.bias,
             "attention_dropout": config.dropout,
             "tie_word_embeddings": config.tie_embeddings,
-            "bos_token_id": special_tokens["eot"],
-            "eos_token_id": special_tokens["eot"],
-            "pad_token_id": special_tokens["pad"],
+            "bos_token_id": special_tokens.get("eot"),
+            "eos_token_id": special_tokens.get("eot"),
+            "pad_token_id": special_tokens.get("pad"),
         }
 
     def to_hf(self, state: Mapping[str, Tensor], config: TransformerConfig) -> StateDict:

@@ -39,9 +39,9 @@ class T5(Adapter):
             "layer_norm_epsilon": config.norm_eps,
             "feed_forward_proj": "gated-silu" if config.mlp == "swiglu" else "gelu_new",
             "tie_word_embeddings": config.tie_embeddings,
-            "pad_token_id": special_tokens["pad"],
-            "eos_token_id": special_tokens["eot"],
-            "decoder_start_token_id": special_tokens["pad"],  # as SpanCorruption starts decoding
+            "pad_token_id": special_tokens.get("pad"),
+            "eos_token_id": special_tokens.get("eot"),
+            "decoder_start_token_id": special_tokens.get("pad"),  # as SpanCorruption starts decoding
         }
 
     def _layers(self, config: TransformerConfig, stack: str, i: int) -> list[tuple[str, str]]:
