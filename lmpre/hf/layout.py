@@ -23,6 +23,7 @@ from torch import Tensor
 from lmpre.errors import CheckpointError, ConfigError
 from lmpre.hf.adapter import Adapter, StateDict, choose
 from lmpre.hf.gpt2 import GPT2
+from lmpre.hf.gpt_neox import GPTNeoX
 from lmpre.hf.llama import EuroBert, Llama
 from lmpre.hf.t5 import T5
 from lmpre.models import Transformer, TransformerConfig
@@ -30,7 +31,7 @@ from lmpre.models import Transformer, TransformerConfig
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-ADAPTERS: tuple[Adapter, ...] = (GPT2(), Llama(), EuroBert(), T5())
+ADAPTERS: tuple[Adapter, ...] = (GPT2(), Llama(), GPTNeoX(), EuroBert(), T5())
 CONFIG, WEIGHTS, WEIGHTS_INDEX = "config.json", "model.safetensors", "model.safetensors.index.json"
 RECORD_KEY = "lmpre"  # in config.json: what lmpre needs to rebuild the backbone
 

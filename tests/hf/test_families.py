@@ -33,6 +33,11 @@ CASES = {  # name: (backbone, transformers class)
     "gpt2-no-bias-untied": ({**DECODER, **GPT2, "bias": False, "tie_embeddings": False}, "GPT2LMHeadModel"),
     "llama": ({**DECODER, **LLAMA, "bias": False}, "LlamaForCausalLM"),
     "llama-bias-untied": ({**DECODER, **LLAMA, "bias": True, "tie_embeddings": False}, "LlamaForCausalLM"),
+    "gpt-neox": ({**DECODER, "position": "rope", "norm": "layernorm", "mlp": "gelu"}, "GPTNeoXForCausalLM"),
+    "gpt-neox-no-bias-untied": (
+        {**DECODER, "position": "rope", "norm": "layernorm", "mlp": "gelu", "bias": False, "tie_embeddings": False},
+        "GPTNeoXForCausalLM",
+    ),
     "eurobert": ({**ENCODER, **LLAMA, "bias": False}, "EuroBertForMaskedLM"),
     "eurobert-bias": ({**ENCODER, **LLAMA, "bias": True}, "EuroBertForMaskedLM"),
     "t5-gelu": ({**ENCODER_DECODER, **T5, "mlp": "gelu"}, "T5ForConditionalGeneration"),
@@ -128,7 +133,7 @@ def test_tokenizer_loads_with_autotokenizer_with_its_special_tokens(tokenizer: T
 @pytest.mark.parametrize(
     ("backbone", "expected"),
     [
-        ({**DECODER, "position": "rope", "norm": "layernorm", "mlp": "gelu"}, "model.backbone.norm=rmsnorm"),
+        ({**DECODER, "position": "rope", "norm": "rmsnorm", "mlp": "gelu"}, "model.backbone.mlp=swiglu"),
         ({**DECODER, "position": "learned", "norm": "rmsnorm", "mlp": "swiglu"}, "model.backbone.position=rope"),
         ({**ENCODER, **GPT2}, "model.backbone.position=rope model.backbone.norm=rmsnorm model.backbone.mlp=swiglu"),
         ({**ENCODER_DECODER, **LLAMA, "bias": True}, "model.backbone.position=relative_bias"),
