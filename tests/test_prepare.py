@@ -63,12 +63,14 @@ def test_an_interrupted_prepare_exits_non_zero_and_leaves_nothing(
 ) -> None:
     cache = tmp_path / "cache"
     process = prepare_cli("data=wiki", f"data.cache_dir={cache}", "data.tokenizer.vocab_size=8192", cwd=tmp_path)
-    deadline = time.monotonic() + 120
-    while not list(cache.glob("documents/.*.partial-*")) and time.monotonic() < deadline:  # it is building
-        time.sleep(0.02)
+    start = time.monotonic()
+    while not list(cache.glob("documents/.*.partial-*")) and process.poll() is None:  # until it is building
+        time.sleep(0.01)
+    waited = time.monotonic() - start
+    assert process.poll() is None, f"prepare ended before it could be interrupted ({waited:.1f} s)"
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == code, stderr
+    assert process.returncode == code, f"signalled after {waited:.1f} s: {stderr}"
     assert any(line.startswith(f"{word}: ") for line in stderr.splitlines()), stderr
     assert "Traceback" not in stderr, stderr
     assert not list(cache.rglob("*.partial-*"))

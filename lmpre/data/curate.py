@@ -139,13 +139,15 @@ def _process(source: Source, curation: Curation, workers: int, stats: Counter[st
     """Batches of `source`'s documents through `_curate_batch`, in order: in `workers` processes, or inline."""
     batches = _batches(source, stats)
     if workers <= 1:
-        _init_worker(source, curation, die_with_parent=False)
+        _init_worker(source, curation)
         yield from map(_curate_batch, batches)
         return
     context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
     pending: deque[Future[BatchResult]] = deque()
     try:
-        with ProcessPoolExecutor(workers, context, initializer=_init_worker, initargs=(source, curation)) as pool:
+        with ProcessPoolExecutor(
+            workers, context, initializer=_init_worker_process, initargs=(source, curation)
+        ) as pool:
             for batch in batches:
                 pending.append(pool.submit(_curate_batch, batch))
                 if len(pending) >= 2 * workers:  # bounded: memory does not grow with the corpus
@@ -177,14 +179,20 @@ def _batches(source: Source, stats: Counter[str]) -> Iterator[list[Document]]:
 _worker: tuple[Source, Curation] | None = None
 
 
-def _init_worker(source: Source, curation: Curation, die_with_parent: bool = True) -> None:
+def _init_worker(source: Source, curation: Curation) -> None:
     global _worker
     _worker = (source, curation)
-    if die_with_parent and sys.platform == "linux":  # a killed preparation takes its workers with it
+
+
+def _init_worker_process(source: Source, curation: Curation) -> None:
+    """A worker process dies with its parent (a killed preparation takes its workers with it) and leaves Ctrl-C to
+    the parent, which stops the pool. Never called in the parent: that would ignore Ctrl-C there for good."""
+    _init_worker(source, curation)
+    if sys.platform == "linux":
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         if os.getppid() == 1:  # the parent died before prctl took effect
             os._exit(1)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _curate_batch(documents: list[Document]) -> BatchResult:

@@ -203,7 +203,9 @@ def test_worker_processes_give_the_same_documents_as_one(
     from lmpre.data import curate
 
     monkeypatch.setattr(curate, "BATCH_BYTES", 10_000)  # many batches, results reordered if they could be
+    sigint = signal.getsignal(signal.SIGINT)
     one = prepare_dataset(recipe, tmp_path / "a", workers=1)
+    assert signal.getsignal(signal.SIGINT) is sigint  # Ctrl-C still works in the process that prepared
     two = prepare_dataset(recipe, tmp_path / "b", workers=2)
     stages = [Path(read_manifest(p)["sources"]["wiki"]["documents_stage"]) for p in (one, two)]
     for split in ("train", "val", "test"):
