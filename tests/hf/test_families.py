@@ -110,6 +110,17 @@ def test_export_gives_our_logits_in_transformers(case: str, tokenizer: Tokenizer
     assert (our_logits(reloaded, ids, decoder_ids) - ours).abs().max().item() <= 1e-5
 
 
+@pytest.mark.parametrize("case", ["gpt2-no-bias-untied", "eurobert", "t5-gelu"])
+def test_lmpre_loads_an_export_transformers_saved_again(case: str, tokenizer: Tokenizer, tmp_path: Path) -> None:
+    """As after fine-tuning in transformers: `save_pretrained` keeps the lmpre record in config.json."""
+    model = random_model(CASES[case][0], tokenizer.get_vocab_size())
+    adapter = hf.export(model, tokenizer, dict(special_token_ids(tokenizer)), tmp_path / "export")
+    getattr(transformers, adapter.auto_class).from_pretrained(tmp_path / "export").save_pretrained(tmp_path / "again")
+    ids = torch.randint(3, model.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(1))
+    ours, again = our_logits(model, ids, ids[:, :9]), our_logits(hf.load_model(tmp_path / "again"), ids, ids[:, :9])
+    assert (again - ours).abs().max().item() <= 1e-5
+
+
 def test_tokenizer_loads_with_autotokenizer_with_its_special_tokens(tokenizer: Tokenizer, tmp_path: Path) -> None:
     model = random_model(CASES["gpt2"][0], tokenizer.get_vocab_size())
     hf.export(model, tokenizer, dict(special_token_ids(tokenizer)), tmp_path)
