@@ -145,6 +145,7 @@ def test_split_metrics_are_the_objectives_loss_over_every_window(
     else:
         assert "bpb" not in split
         assert 0 < tokens < windows * window / 2  # only the corrupted positions are scored
+    if model == "bert":
         again = run_evaluate(ckpt)["split"]
         assert again == split  # the noise is seeded: the same numbers
         assert run_evaluate(ckpt, "seed=1")["split"]["loss"] != split["loss"]  # … by the seed
@@ -262,14 +263,14 @@ def test_the_command_prints_a_table_and_writes_json_beside_the_checkpoint(
     assert "SpanCorruption" in result.stdout
 
 
-@pytest.mark.parametrize("problem", ["missing", "not a checkpoint"])
-def test_an_unusable_checkpoint_is_one_error_line(problem: str, tmp_path: Path) -> None:
+def test_an_unusable_checkpoint_is_one_error_line(tmp_path: Path) -> None:
     ckpt = tmp_path / "model.ckpt"
-    if problem == "not a checkpoint":
-        ckpt.write_text("not a checkpoint")
     result = run_cli(f"ckpt_path={ckpt}", cwd=tmp_path)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert lines[-1].startswith("error: ckpt_path="), result.stderr
-    assert str(ckpt) in lines[-1]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: ckpt_path={ckpt} does not exist: pass the path of a checkpoint, e.g. RUN/checkpoints/last.ckpt"
+    )
+    ckpt.write_text("not a checkpoint")
+    with pytest.raises(LmpreError, match=r"ckpt_path=.* cannot be read"):
+        evaluate(compose_config("evaluate", f"ckpt_path={ckpt}"))
