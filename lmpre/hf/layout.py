@@ -2,8 +2,8 @@
 
     config.json            the transformers config, plus `lmpre`: the backbone config and special token ids
     model.safetensors      the weights under transformers' names (a tied output layer is left to transformers)
-    tokenizer.json         the run's tokenizer, with tokenizer_config.json and special_tokens_map.json for
-                           `AutoTokenizer`
+    tokenizer.json         the run's tokenizer, with the tokenizer_config.json (special tokens, max length) that
+                           `AutoTokenizer` reads
 
 Writing it needs `transformers` (its config classes and `PreTrainedTokenizerFast`); reading it back does not.
 """

@@ -58,7 +58,6 @@ class Llama(Adapter):
             "max_position_embeddings": config.max_seq_len,
             "rms_norm_eps": config.norm_eps,
             "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_base},
-            "rope_theta": config.rope_base,  # transformers before 5 reads this one
             "attention_bias": config.bias,
             "mlp_bias": config.bias,
             "attention_dropout": config.dropout,
