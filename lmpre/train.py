@@ -29,7 +29,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from lmpre import checkpoint
+from lmpre import checkpoint, init
 from lmpre.callbacks import LogStepOnResume, StopOnSignal
 from lmpre.checkpoint import AtomicCheckpointIO, CheckpointInfo
 from lmpre.errors import CheckpointError, ConfigError, Interrupted, LmpreError
@@ -82,6 +82,7 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError("trainer.accelerator=mps needs Apple's Metal backend, and torch finds none: use trainer=cpu")
     if cfg.get("resume", "auto") not in RESUME:
         raise ConfigError(f"resume={cfg.resume} is not one of {', '.join(RESUME)}")
+    init.check_settings(cfg)
 
 
 def _backbone(cfg: DictConfig) -> dict[str, Any]:
@@ -227,6 +228,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     plan = _plan_keeping_launches(cfg)
     resume = plan.resume_from
+    start = init.plan(cfg, resuming=resume is not None)  # None: random weights, or the run's own checkpoint
     stop = StopOnSignal(plan.checkpoint_dir / "last.ckpt", run_dir=plan.run_dir)
     trainer: L.Trainer | None = None
     with stop:
@@ -236,6 +238,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             if resume is not None:
                 checkpoint.check_matches(resume.path, resume.record, checkpoint.run_record(model, datamodule))
                 log.info("resuming from %s (step %d)", resume.path, resume.step)
+            elif start is not None:
+                start.apply(model, datamodule)
             if _rank() == 0:
                 for path in checkpoint.remove_temporaries(plan.checkpoint_dir):
                     log.info("removed %s, left by a save that was killed", path)
