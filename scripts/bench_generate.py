@@ -1,12 +1,13 @@
 """How much faster is KV-cache decoding than recomputing the whole sequence at every step?
 
-    python scripts/bench_generate.py [--new-tokens 512] [--prompt-tokens 16] [--batch-size 1] [--device cpu]
+    python scripts/bench_generate.py [--new-tokens 512] [--prompt-tokens 16] [--batch-size 1] [--threads N]
 
 The model is the `gpt` CPU preset's shape (conf/model/gpt.yaml: 4 layers, d_model 256, 4 heads, learned positions)
 at its default 8192-token vocabulary, with random weights: speed does not depend on what the weights learned.
 Both modes run lmpre.inference.generate greedily from the same random prompt, one after the other in this process;
 they must give the same tokens (checked). Reported: new tokens per second of each (all rows of the batch counted),
-and their ratio.
+and their ratio. On a CPU that other processes keep busy, `--threads 1` gives steadier numbers: torch's threads
+then wait on each other for the cores (a one-token attention step suffers most).
 """
 
 from __future__ import annotations
@@ -48,7 +49,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--vocab-size", type=int, default=8192)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     model = model_of_preset(args.vocab_size, args.device)
     generator = torch.Generator().manual_seed(0)
