@@ -170,3 +170,20 @@ def test_another_tokenizer_is_refused_and_the_checkpoints_one_continues_on_new_d
     # Found: 5.14 at step 0 (untrained: 6.25), 4.76 after 10 steps.
     assert val[0] < untrained - 1.0  # English from Wikipedia already predicts much of Shakespeare's
     assert val[-1] < val[0]
+
+
+INIT_CLASSES = {
+    "random": "RandomInit",
+    "checkpoint": "FromCheckpoint",
+    "depth_upscale": "DepthUpscale",
+    "downscale": "Downscale",
+}
+
+
+@pytest.mark.parametrize("option", INIT_CLASSES)
+def test_every_init_config_builds_its_class(option: str) -> None:
+    from lmpre.init import from_config
+
+    init = from_config(compose_train(f"init={option}"))
+    assert type(init).__name__ == INIT_CLASSES[option]
+    assert init.option == option
