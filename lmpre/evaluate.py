@@ -266,25 +266,25 @@ def print_table(report: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{report['objective']} {report['checkpoint']} (step {report['step']})")
-    columns = ("windows", "tokens", "loss", "ppl", "acc", "bpb")
-    table.add_column("scored")
-    for column in columns:
-        table.add_column(column, justify="right")
-
-    def row(name: str, metrics: dict[str, Any]) -> None:
-        table.add_row(name, *(_cell(metrics.get(column)) for column in columns))
-
+    caption = [f"{report['checkpoint']}, step {report['step']}"]
+    if "data" in report:
+        caption.append(f"data: {report['data']['config']}")
+    table = Table(title=f"{report['objective']}: loss in nats per scored token", caption="\n".join(caption))
+    rows: list[tuple[str, dict[str, Any]]] = []
     if "split" in report:
-        row(f"{report['split']['name']} ({report['data']['config']})", report["split"])
-        for name, metrics in report["split"].get("sources", {}).items():
-            row(f"  {name}", metrics)
+        rows.append((report["split"]["name"], report["split"]))
+        rows += [(f"  {name}", metrics) for name, metrics in report["split"].get("sources", {}).items()]
     if "chars" in report and "loss" in report["chars"]:
         chars = report["chars"]
         metrics = {"windows": chars["blocks"], "tokens": chars["characters"], "loss": chars["loss"]}
-        row(f"{report['split']['name']}, {chars['block']}-character blocks (nats per character)", metrics)
-    for name, metrics in report.get("texts", {}).items():
-        row(name, metrics)
+        rows.append((f"{report['split']['name']}, {chars['block']}-char blocks", metrics))
+    rows += [(Path(name).name, metrics) for name, metrics in report.get("texts", {}).items()]
+    columns = [c for c in ("windows", "tokens", "loss", "ppl", "acc", "bpb") if any(c in m for _, m in rows)]
+    table.add_column("scored")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for name, metrics in rows:
+        table.add_row(name, *(_cell(metrics.get(column)) for column in columns))
     Console().print(table)
 
 
@@ -306,11 +306,19 @@ def main(cfg: DictConfig) -> None:
         out = Path(str(cfg.out)).expanduser() if cfg.get("out") else default_out(report)
         write_report(report, out)
     except (LmpreError, InstantiationException) as err:  # a setting or input to fix, not a bug: no traceback
-        print(f"error: {err}", file=sys.stderr)
-        log.debug("error: %s", err)
+        _report(f"error: {err}")
         raise SystemExit(1) from None
     print_table(report)
     print(f"wrote {out}")
+
+
+def _report(line: str) -> None:
+    """One line for the user on stderr, and in the run's evaluate.log."""
+    print(line, file=sys.stderr)
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, line, (), None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 if __name__ == "__main__":
