@@ -187,3 +187,19 @@ def test_every_init_config_builds_its_class(option: str) -> None:
     init = from_config(compose_train(f"init={option}"))
     assert type(init).__name__ == INIT_CLASSES[option]
     assert init.option == option
+
+
+def test_encoder_decoder_layer_counts() -> None:
+    from lmpre.init import DepthUpscale, Downscale, FromCheckpoint
+
+    t5 = {"n_layer": 3, "n_decoder_layer": 2, "causal": False}
+    assert FromCheckpoint().backbone(t5) == t5
+    assert DepthUpscale(drop=1).backbone(t5) == {**t5, "n_layer": 4, "n_decoder_layer": 2}  # 2 * (2 - 1) = 2
+    assert Downscale(layers=[0, 2], decoder_layers=[1]).backbone(t5) == {**t5, "n_layer": 2, "n_decoder_layer": 1}
+    assert Downscale(layers=[1]).backbone(t5) == {**t5, "n_layer": 1, "n_decoder_layer": 1}  # the same list
+    with pytest.raises(ConfigError, match=r"init\.layers=\[0, 2\]: the source has layers 0…1 \(decoder\)"):
+        Downscale(layers=[0, 2]).backbone(t5)  # the encoder's layers, reused for the decoder: not all there
+    with pytest.raises(ConfigError, match=r"drop=2 must be .* less than the source's 2 layers \(decoder\)"):
+        DepthUpscale(drop=2).backbone(t5)
+    with pytest.raises(ConfigError, match=r"init\.drop=x must be an integer"):
+        DepthUpscale(drop="x").backbone(t5)  # type: ignore[arg-type]
