@@ -104,6 +104,10 @@ def evaluate_split(
         datamodule = instantiate(data)
     except OmegaConfBaseException as err:
         raise ConfigError(f"the data config ({origin}) does not resolve: {err}; pass data=NAME instead") from None
+    except InstantiationException as err:  # the data module's own error says what to change
+        if isinstance(err.__cause__, LmpreError):
+            raise err.__cause__ from None
+        raise
     datamodule.check()
     datamodule.prepare_data()
     manifest = datamodule.manifest

@@ -163,6 +163,29 @@ def test_the_test_split_with_explicit_data_overrides(checkpoints: dict[str, Path
     assert report["split"]["loss"] == pytest.approx(loss, rel=1e-6)
 
 
+def test_a_mixture_is_scored_per_source(checkpoints: dict[str, Path], corpus: Corpus) -> None:
+    ckpt = checkpoints["gpt"]
+    mixture = [o for o in corpus.data if not o.startswith(("data.output_dir=", "data.source="))]
+    mixture += [
+        f"data.sources.corpus.path={corpus.text}",
+        f"data.output_dir={corpus.root / 'prepared-mixture'}",
+        "+source@data.sources.extra=text",
+        f"data.sources.extra.path={corpus.held_out}",
+        "data.sources.extra.holdout=tail",
+        "data.sources.extra.val_fraction=0.5",
+        "data.sources.extra.test_fraction=0",
+    ]
+    split = run_evaluate(ckpt, *mixture)["split"]
+    alone = run_evaluate(ckpt)["split"]
+    corpus_alone, extra = split["sources"]["corpus"], split["sources"]["extra"]
+    assert corpus_alone == {k: v for k, v in alone.items() if k != "name"}  # the same windows, the same numbers
+    assert extra["windows"] == (1500 + 1) // 33  # half of the 3 kB held-out text, and its end
+    assert split["windows"] == corpus_alone["windows"] + extra["windows"]
+    assert split["tokens"] == corpus_alone["tokens"] + extra["tokens"]
+    mean = (corpus_alone["loss"] * corpus_alone["tokens"] + extra["loss"] * extra["tokens"]) / split["tokens"]
+    assert split["loss"] == pytest.approx(mean, rel=1e-9)
+
+
 def test_the_character_metric_of_byte_level_data(checkpoints: dict[str, Path], corpus: Corpus) -> None:
     """Block i is characters [64i, 64i+64) of the val text; it predicts characters 64i+1 … 64i+64 (issue 10)."""
     ckpt = checkpoints["gpt"]
