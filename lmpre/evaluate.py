@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import numpy as np
 import torch
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import InstantiationException
@@ -80,10 +79,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         for file in texts:
             text = read_text(file)
             ids = tokenizer.encode(text, add_special_tokens=False).ids
-            windows = evaluation.document_windows(objective, ids, seq_len)
-            scores = evaluation.score_windows(
-                objective, windows, batch_size=batch_size, seed=seed, name="text", device=device
-            )
+            scores = evaluation.score_document(objective, ids, seq_len, batch_size=batch_size, seed=seed, device=device)
             num_bytes = len(text.encode())
             causal = isinstance(objective, CausalLM)
             report["texts"][str(file)] = {
@@ -157,19 +153,8 @@ def score_chars(
     of block i before it (issue 10's metric, nanoGPT's on Tiny Shakespeare)."""
     if objective.config.max_seq_len < CHAR_BLOCK:
         return {"skipped": f"model.backbone.max_seq_len={objective.config.max_seq_len} < {CHAR_BLOCK}"}
-    stream = evaluation.split_tokens(prepared_dir, manifest, split).astype(np.int64)
-    eot = int(objective.special_token("eot"))
-    if len(stream) and stream[-1] == eot:  # the split's last document end: not a character
-        stream = stream[:-1]
-    windows = evaluation.block_windows(torch.from_numpy(stream), CHAR_BLOCK, partial=False)
-    scores = evaluation.score_windows(
-        objective,
-        windows,
-        batch_size=int(cfg.batch_size),
-        seed=int(cfg.seed),
-        name=f"{split}/chars",
-        device=objective.device,
-    )
+    stream = evaluation.split_tokens(prepared_dir, manifest, split)
+    scores = evaluation.score_blocks(objective, stream, batch_size=int(cfg.batch_size), device=objective.device)
     return {"block": CHAR_BLOCK, "blocks": scores.windows, "characters": scores.tokens, "loss": scores.loss}
 
 

@@ -162,6 +162,42 @@ def document_windows(objective: PretrainingObjective, ids: Sequence[int], seq_le
     return consecutive_windows(torch.tensor([*ids, eot]), objective.window_length(seq_len))
 
 
+def score_document(
+    objective: PretrainingObjective,
+    ids: Sequence[int],
+    seq_len: int,
+    *,
+    batch_size: int,
+    seed: int = 0,
+    device: torch.device | None = None,
+) -> Scores:
+    """One document's scores (`document_windows`); the noise is drawn as for any text, so equal texts score equally."""
+    windows = document_windows(objective, ids, seq_len)
+    device = objective.device if device is None else device
+    return score_windows(objective, windows, batch_size=batch_size, seed=seed, name="text", device=device)
+
+
+def score_blocks(
+    objective: PretrainingObjective,
+    stream: np.ndarray | Tensor,
+    block: int = CHAR_BLOCK,
+    *,
+    batch_size: int = 64,
+    device: torch.device | None = None,
+) -> Scores:
+    """A causal LM on a token stream cut into non-overlapping blocks (`block_windows`, complete blocks only), a
+    trailing <|endoftext|> left out. With one token per character, `.loss` is issue 10's metric: nats per character
+    over the val split cut into blocks of 64 (`split_tokens` gives the split's stream)."""
+    if not isinstance(objective, CausalLM):
+        raise TypeError(f"blocks are scored by a causal LM, not a {type(objective).__name__}")
+    tokens = torch.as_tensor(np.asarray(stream, dtype=np.int64))
+    if len(tokens) and int(tokens[-1]) == int(objective.special_token("eot")):  # the last document's end
+        tokens = tokens[:-1]
+    windows = block_windows(tokens, block, partial=False)
+    device = objective.device if device is None else device
+    return score_windows(objective, windows, batch_size=batch_size, seed=0, name="blocks", device=device)
+
+
 # ------------------------------------------------------------------------------------------------ prepared data
 
 
