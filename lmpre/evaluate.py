@@ -140,7 +140,8 @@ def evaluate_split(
             for name in names
             if name in per_source
         }
-    if causal and manifest["settings"]["tokenizer"]["kind"] == "bytes":
+    facts = manifest["splits"][split]
+    if causal and facts["tokens"] == facts["bytes"] + facts["documents"]:  # one token per byte, one per document end
         found["chars"] = score_chars(cfg, objective, datamodule.prepared_dir, manifest, split)
     return found
 
@@ -148,9 +149,9 @@ def evaluate_split(
 def score_chars(
     cfg: DictConfig, objective: PretrainingObjective, prepared_dir: Path, manifest: dict[str, Any], split: str
 ) -> dict[str, Any]:
-    """With one token per byte: mean cross-entropy in nats per character (byte) over the whole split cut into
-    non-overlapping blocks of 64 characters, block i predicting characters 64i+1 … 64i+64, each from the characters
-    of block i before it (issue 10's metric, nanoGPT's on Tiny Shakespeare)."""
+    """With one token per byte (data where tokens = bytes + document ends): mean cross-entropy in nats per byte, a
+    character of ASCII text, over the whole split cut into non-overlapping blocks of 64, block i predicting characters
+    64i+1 … 64i+64, each from the characters of block i before it (issue 10's metric, nanoGPT's on Tiny Shakespeare)."""
     if objective.config.max_seq_len < CHAR_BLOCK:
         return {"skipped": f"model.backbone.max_seq_len={objective.config.max_seq_len} < {CHAR_BLOCK}"}
     stream = evaluation.split_tokens(prepared_dir, manifest, split)

@@ -241,14 +241,20 @@ def test_a_raw_text_file_is_scored_with_the_checkpoints_tokenizer(
 
 
 def test_data_from_another_tokenizer_is_refused(checkpoints: dict[str, Path], corpus: Corpus) -> None:
+    ckpt = checkpoints["gpt"]
     other = [o for o in corpus.data if not o.startswith("data.output_dir=")]
-    other += [
+    bpe = [
         f"data.output_dir={corpus.root / 'prepared-bpe'}",
         "data.tokenizer.kind=bpe",
         "data.tokenizer.vocab_size=400",
     ]
-    with pytest.raises(DataError, match=r"prepared with another tokenizer .*data.tokenizer.kind=file"):
-        run_evaluate(checkpoints["gpt"], *other)
+    with pytest.raises(DataError, match=r"prepared with another tokenizer .*data.tokenizer.kind=file") as refused:
+        run_evaluate(ckpt, *other, *bpe)
+    remedy = str(refused.value).split("tokenizer: ")[-1].split()  # the settings the message names
+    assert remedy == ["data.tokenizer.kind=file", f"data.tokenizer.path={ckpt.parent / 'tokenizer.json'}"]
+    report = run_evaluate(ckpt, *other, f"data.output_dir={corpus.root / 'prepared-file'}", *remedy)
+    assert report["split"]["loss"] == run_evaluate(ckpt)["split"]["loss"]  # the same text, the same tokens
+    assert "chars" in report  # still one token per byte
 
 
 def test_settings_that_cannot_work_are_refused(checkpoints: dict[str, Path], tmp_path: Path) -> None:
