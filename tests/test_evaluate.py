@@ -257,6 +257,24 @@ def test_data_from_another_tokenizer_is_refused(checkpoints: dict[str, Path], co
     assert "chars" in report  # still one token per byte
 
 
+def test_without_its_run_config_a_checkpoint_is_evaluated_on_the_fallback_data(
+    checkpoints: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint copied away from its run: data=wiki (here data=shakespeare, whose byte tokenizer it shares)."""
+    import lmpre.evaluate
+
+    moved = tmp_path / "elsewhere" / "last.ckpt"
+    moved.parent.mkdir()
+    for file in ("last.ckpt", "tokenizer.json"):
+        (moved.parent / file).write_bytes((checkpoints["gpt"].parent / file).read_bytes())
+    monkeypatch.setattr(lmpre.evaluate, "FALLBACK_DATA", "shakespeare")
+    monkeypatch.setenv("LMPRE_CACHE_DIR", str(tmp_path / "cache"))
+    report = run_evaluate(moved)
+    assert report["data"]["config"] == "data=shakespeare"
+    assert report["split"]["windows"] == 111540 // 33  # the last 10% of Tiny Shakespeare, and its end
+    assert report["chars"]["blocks"] == (111540 - 1) // 64
+
+
 def test_settings_that_cannot_work_are_refused(checkpoints: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="ckpt_path is not set"):
         evaluate(compose_config("evaluate"))
