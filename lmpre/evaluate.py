@@ -95,6 +95,8 @@ def evaluate_split(
 ) -> dict[str, Any]:
     """Every window of the split of the prepared data (prepared here if missing), as training validates."""
     data, origin = data_config(cfg, path)
+    if data.get("seq_len") != record["seq_len"]:
+        log.info("data.seq_len=%s: the checkpoint's (%s in the data config)", record["seq_len"], data.get("seq_len"))
     data.seq_len = int(record["seq_len"])
     try:
         datamodule = instantiate(data)
@@ -249,7 +251,10 @@ def default_out(report: dict[str, Any]) -> Path:
 
 def write_report(report: dict[str, Any], out: Path) -> None:
     content = (json.dumps(report, indent=2) + "\n").encode()
-    checkpoint.atomic_write(out, lambda file: file.write(content))
+    try:
+        checkpoint.atomic_write(out, lambda file: file.write(content))
+    except OSError as err:
+        raise ConfigError(f"cannot write the report to {out} ({err.strerror or err}): pass out=PATH") from None
 
 
 def print_table(report: dict[str, Any]) -> None:

@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from lmpre import checkpoint
 from lmpre.data.corpora import bundled
 from lmpre.errors import ConfigError, DataError, LmpreError
-from lmpre.evaluate import evaluate
+from lmpre.evaluate import evaluate, write_report
 from lmpre.evaluation import corruption_generator
 from lmpre.objectives import IGNORE_INDEX, CausalLM, PretrainingObjective
 from lmpre.train import train
@@ -276,6 +276,7 @@ def test_without_its_run_config_a_checkpoint_is_evaluated_on_the_fallback_data(
 
 
 def test_settings_that_cannot_work_are_refused(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
     with pytest.raises(ConfigError, match="ckpt_path is not set"):
         evaluate(compose_config("evaluate"))
     with pytest.raises(ConfigError, match="split=train"):
@@ -284,6 +285,8 @@ def test_settings_that_cannot_work_are_refused(checkpoints: dict[str, Path], tmp
         run_evaluate(checkpoints["gpt"], f"texts=[{tmp_path / 'nowhere.txt'}]")
     with pytest.raises(LmpreError, match="nothing to evaluate"):
         run_evaluate(checkpoints["gpt"], "split=null")
+    with pytest.raises(LmpreError, match=r"cannot write the report to .*: pass out=PATH"):
+        write_report({}, tmp_path / "a-file" / "report.json")
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
