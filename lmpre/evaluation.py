@@ -3,7 +3,7 @@ predictions, with seeded corruption so the same command gives the same numbers. 
 checkpoint, a prepared split and raw text files.
 
 Three ways to cut tokens into windows:
-- a prepared split: the datamodule's windows, exactly those `val/loss` in training is computed on;
+- a prepared split: the windows training validates on, all of them (its loader drops a last, incomplete batch);
 - a raw text file: one document, as in the prepared data (ended by <|endoftext|>; for the causal LM also started by
   one, the previous document's end), cut into consecutive windows so that every token is scored once;
 - blocks (causal LM): a stream cut into non-overlapping blocks of `block` tokens, block i predicting the `block`
