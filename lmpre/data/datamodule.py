@@ -196,7 +196,7 @@ class TokenDataModule(L.LightningDataModule):
                     item_loader=TokensLoader(block_size=self.window),
                     shuffle=split == "train",
                     seed=self.seed,
-                    drop_last=True,
+                    drop_last=split == "train",  # validation scores every window, the last batch too
                 )
             )
             weights.append(facts["weight"])

@@ -35,6 +35,7 @@ def test_batches_are_long_windows_of_seq_len_plus_one(wikitext_overrides: list[s
     tokens = dm.manifest["splits"]["train"]["tokens"]
     assert len(train) == tokens // 33 // 4
     assert int(torch.cat(train).max()) < dm.vocab_size == 512
+    assert sum(map(len, val)) == dm.manifest["splits"]["val"]["tokens"] // 33  # every val window, the last batch too
     assert not torch.equal(train[0], batches(dm, islice(train_loader, 1))[0])  # reshuffled each epoch
     first_val = batches(dm, islice(dm.val_dataloader(), 1))[0]
     assert torch.equal(first_val, val[0])  # not shuffled
