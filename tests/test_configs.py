@@ -20,7 +20,9 @@ def build_model(preset: str, vocab_size: int) -> PretrainingObjective:
     )
 
 
-@pytest.mark.parametrize(("preset", "cls"), [("gpt", CausalLM), ("bert", MaskedLM), ("t5", SpanCorruption)])
+@pytest.mark.parametrize(
+    ("preset", "cls"), [("gpt", CausalLM), ("bert", MaskedLM), ("bert-rope", MaskedLM), ("t5", SpanCorruption)]
+)
 def test_cpu_presets_build_their_objective(preset: str, cls: type) -> None:
     model = build_model(preset, vocab_size=8192)
     assert type(model) is cls

@@ -86,12 +86,7 @@ def test_cli_exports_a_gpt_checkpoint_that_transformers_and_lmpre_load(trained, 
 @pytest.mark.parametrize(
     ("model", "overrides", "objective_class", "architecture"),
     [
-        (
-            "bert",
-            ["model.backbone.position=rope", "model.backbone.norm=rmsnorm", "model.backbone.mlp=swiglu"],
-            MaskedLM,
-            "EuroBertForMaskedLM",
-        ),
+        ("bert-rope", [], MaskedLM, "EuroBertForMaskedLM"),
         ("t5", ["model.backbone.position=relative_bias", "model.backbone.n_decoder_layer=2"], SpanCorruption, "T5"),
     ],
 )
