@@ -270,7 +270,7 @@ def test_real_english_passes_every_filter(articles: list[str]) -> None:
 
 
 def test_words_leave_out_punctuation_alone() -> None:
-    assert split_words(" Homarus gammarus , known as the four @-@ lane ( 24 in ) road . ") == [
+    assert split_words(" Homarus gammarus , known as the four @-@ lane ( 24 in ) road . ") == (
         "Homarus",
         "gammarus",
         "known",
@@ -281,7 +281,7 @@ def test_words_leave_out_punctuation_alone() -> None:
         "24",
         "in",
         "road",
-    ]
+    )
 
 
 @pytest.mark.parametrize(

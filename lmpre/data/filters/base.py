@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -39,7 +40,9 @@ def run_filters(filters: Sequence[Filter], document: Document) -> Document | str
     return document
 
 
-def split_words(text: str) -> list[str]:
+@functools.lru_cache(maxsize=1)
+def split_words(text: str) -> tuple[str, ...]:
     """The whitespace-separated tokens of `text` with a letter or digit: the words that the quality and repetition
-    rules count. Punctuation standing alone (as in WikiText's " , " and " @-@ ") is no word."""
-    return [token for token in text.split() if token.isalnum() or HAS_WORD_CHAR(token)]
+    rules count. Punctuation standing alone (as in WikiText's " , " and " @-@ ") is no word. The last document's
+    words are kept, so the filters that follow one another on it split it once."""
+    return tuple(token for token in text.split() if token.isalnum() or HAS_WORD_CHAR(token))

@@ -4,7 +4,7 @@ n-grams, is boilerplate, spam or a degenerate crawl, and teaches a model to loop
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from itertools import count
 
 import numpy as np
@@ -119,7 +119,7 @@ class NgramCounts:
     just those candidates; in prose they fall from about half the positions for 2-grams to a few percent for 5-grams.
     """
 
-    def __init__(self, words: list[str]):
+    def __init__(self, words: Sequence[str]):
         first_seen: dict[str, int] = {}
         # The id of a word is the position where it first occurs: one pass in C, no sorting.
         self.ids = np.fromiter(map(first_seen.setdefault, words, count()), np.int64, len(words))
