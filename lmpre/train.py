@@ -175,8 +175,7 @@ def _configured_record(cfg: DictConfig, recorded: dict[str, Any] | None) -> dict
 def build_objective(cfg: DictConfig) -> tuple[L.LightningDataModule, PretrainingObjective]:
     """The datamodule (its data prepared if needed) and the objective sized to its tokenizer."""
     datamodule = instantiate(cfg.data)
-    if hasattr(datamodule, "check"):
-        datamodule.check()
+    datamodule.check()
     datamodule.prepare_data()
     model = instantiate(
         cfg.model,

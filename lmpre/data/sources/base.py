@@ -18,10 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, cast
 
+import zstandard
+
 from lmpre.data.document import Document
 from lmpre.errors import DataError
 
 ENCODING_ERRORS = ("strict", "replace")
+# What a damaged compressed stream raises: gzip/bz2 OSError or EOFError, xz LZMAError, zstd ZstdError.
+DECOMPRESSION_ERRORS = (OSError, EOFError, lzma.LZMAError, zstandard.ZstdError)
 
 
 @dataclass(frozen=True)
@@ -159,8 +163,6 @@ def open_binary(path: Path) -> IO[bytes]:
     if suffix == ".xz":
         return lzma.open(path, "rb")
     if suffix == ".zst":
-        import zstandard  # only the .zst sources need it
-
         return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(path.open("rb"), closefd=True))
     return path.open("rb")
 
@@ -170,7 +172,7 @@ def read_compressed(path: Path, setting: str) -> bytes:
     try:
         with open_binary(path) as file:
             return file.read()
-    except (OSError, EOFError, lzma.LZMAError) as err:  # gzip/bz2 raise OSError/EOFError; zstd raises ZstdError
+    except DECOMPRESSION_ERRORS as err:
         raise corrupt_file(path, setting, err) from err
 
 

@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import json
-import lzma
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-import zstandard
-
 from lmpre.data.document import Document
-from lmpre.data.sources.base import Source, WorkUnit, corrupt_file, open_binary
+from lmpre.data.sources.base import DECOMPRESSION_ERRORS, Source, WorkUnit, corrupt_file, open_binary
 from lmpre.errors import DataError
 
 BAD_RECORDS = ("fail", "skip")
 COMPRESSED = (".gz", ".bz2", ".xz", ".zst")
 UNIT_BYTES = 64 * 2**20  # an uncompressed file is cut into byte ranges of this size, read by separate workers
-# What a damaged compressed stream raises: gzip/bz2 OSError or EOFError, xz LZMAError, zstd ZstdError.
-_DECOMPRESSION_ERRORS = (OSError, EOFError, lzma.LZMAError, zstandard.ZstdError)
 _MISSING = object()
 
 
@@ -89,7 +84,7 @@ class JsonLines(Source):
                     if document is not None:
                         yield document
                     offset += len(line)
-        except _DECOMPRESSION_ERRORS as err:
+        except DECOMPRESSION_ERRORS as err:
             raise corrupt_file(path, self.setting, err) from err
 
     def _document(self, line: bytes, path: Path, offset: int, stats: Counter[str]) -> Document | None:

@@ -17,7 +17,7 @@ from mwparserfromhell.parser import ParserError
 from mwparserfromhell.wikicode import Wikicode
 
 from lmpre.data.document import Document
-from lmpre.data.sources.base import Source, WorkUnit, corrupt_file, open_binary
+from lmpre.data.sources.base import DECOMPRESSION_ERRORS, Source, WorkUnit, corrupt_file, open_binary
 from lmpre.errors import DataError
 
 ARTICLE_NAMESPACE = "0"
@@ -84,7 +84,7 @@ class MediaWiki(Source):
                 f"{path} line {line}, column {column}: not well-formed XML ({str(err).split(':')[0]}): the dump "
                 f"is truncated or corrupt. Download it again, or leave it out of {self.setting}.path."
             ) from err
-        except (OSError, EOFError) as err:  # a truncated or damaged compressed stream
+        except DECOMPRESSION_ERRORS as err:  # a truncated or damaged compressed stream
             raise corrupt_file(path, self.setting, err) from err
 
     def clean(self, document: Document) -> Document | str:
