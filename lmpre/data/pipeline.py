@@ -163,7 +163,7 @@ def _documents_stage(source: Source, recipe: DataRecipe, cache_dir: Path, worker
 def _build(out: Path, recipe: DataRecipe, stages: dict[str, Path], key: str, settings: dict[str, Any]) -> None:
     """Write tokenizer, shards and (last) the manifest into the empty directory `out`."""
     reports = {name: json.loads((stage / STAGE).read_text()) for name, stage in stages.items()}
-    keep, dropped = _deduplicate(stages, recipe.dedup)
+    keep, dropped = _deduplicate(stages, reports, recipe.dedup)
     tokenizer = build_tokenizer(recipe.tokenizer, _train_sample(stages, keep, recipe))
     tokenizer.save(str(out / TOKENIZER))
     sources: dict[str, Any] = {}
@@ -214,13 +214,15 @@ def _build(out: Path, recipe: DataRecipe, stages: dict[str, Path], key: str, set
 
 
 def _deduplicate(
-    stages: dict[str, Path], dedup: Deduplication | None
+    stages: dict[str, Path], reports: dict[str, dict[str, Any]], dedup: Deduplication | None
 ) -> tuple[Masks, dict[str, dict[str, dict[int, str]]]]:
     """Which documents survive deduplication across every source and split, and why the others were dropped
     (source -> split -> document index -> reason). Val and test documents enter the index first, so a train
     document that repeats one of them is dropped from train (validation then never measures memorisation)."""
-    counts = {name: {split: _count_lines(stage, split) for split in SPLITS} for name, stage in stages.items()}
-    keep = {name: {split: np.ones(n, dtype=bool) for split, n in splits.items()} for name, splits in counts.items()}
+    keep = {
+        name: {split: np.ones(report["counts"].get(f"kept.{split}.documents", 0), dtype=bool) for split in SPLITS}
+        for name, report in reports.items()
+    }
     if dedup is None:
         return keep, {}
     reasons: dict[str, dict[str, dict[int, str]]] = {name: {split: {} for split in SPLITS} for name in stages}
@@ -233,11 +235,6 @@ def _deduplicate(
                     keep[name][split][i] = False
                     reasons[name][split][i] = reason
     return keep, reasons
-
-
-def _count_lines(stage: Path, split: str) -> int:
-    with (stage / f"{split}.jsonl").open("rb") as file:
-        return sum(1 for _ in file)
 
 
 def _train_sample(stages: dict[str, Path], keep: Masks, recipe: DataRecipe) -> Iterator[str]:
