@@ -60,6 +60,8 @@ def main(cfg: DictConfig) -> None:
     report(manifest, console)
     console.print(f"vocab size: {manifest['tokenizer']['vocab_size']} ({manifest['dtype']} tokens)")
     console.print(f"prepared data: {datamodule.prepared_dir}")
+    if datamodule.shards_root != str(datamodule.prepared_dir):
+        console.print(f"published to: {datamodule.shards_root} (training streams it from there)")
 
 
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:

@@ -18,6 +18,7 @@ from lmpre.data.dedup import Deduplication
 from lmpre.data.filters import Filter
 from lmpre.data.loader import ResumableStreamingDataLoader
 from lmpre.data.pipeline import TOKENIZER, DataRecipe, prepare_dataset, read_manifest
+from lmpre.data.remote import is_remote
 from lmpre.data.sources import Source
 from lmpre.data.tokenizer import SpecialTokens, TokenizerSpec, special_token_ids
 from lmpre.errors import DataError
@@ -77,7 +78,8 @@ class TokenDataModule(L.LightningDataModule):
             tokenizer=tokenizer if isinstance(tokenizer, TokenizerSpec) else TokenizerSpec(**(tokenizer or {})),
             removed_examples=removed_examples,
         )
-        self.output_dir = Path(output_dir).expanduser() if output_dir else None
+        # A local directory, or an s3:// prefix that the prepared data is published to and streamed from.
+        self.output_dir = output_dir if is_remote(output_dir) else Path(output_dir).expanduser() if output_dir else None
         self.cache_dir = Path(cache_dir).expanduser()
         self.workers = workers
         self.seq_len = seq_len
@@ -125,8 +127,13 @@ class TokenDataModule(L.LightningDataModule):
         return {
             "data_key": self.manifest["key"],
             "tokenizer_sha256": self.manifest["tokenizer"]["sha256"],
-            "prepared_dir": str(self.prepared_dir),
+            "prepared_dir": self.shards_root,
         }
+
+    @property
+    def shards_root(self) -> str:
+        """Where training streams the shards from: the prepared directory, or the object-storage copy of it."""
+        return str(self.output_dir) if is_remote(self.output_dir) else str(self.prepared_dir)
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -191,12 +198,13 @@ class TokenDataModule(L.LightningDataModule):
                 continue
             datasets.append(
                 SourceWindows(
-                    str(self.prepared_dir / name / split),
+                    f"{self.shards_root}/{name}/{split}",
                     index,
                     item_loader=TokensLoader(block_size=self.window),
                     shuffle=split == "train",
                     seed=self.seed,
                     drop_last=split == "train",  # validation scores every window, the last batch too
+                    cache_dir=self._stream_cache(name, split),
                 )
             )
             weights.append(facts["weight"])
@@ -211,6 +219,12 @@ class TokenDataModule(L.LightningDataModule):
         if split == "train":
             return CombinedStreamingDataset(datasets, seed=self.seed, weights=weights, iterate_over_all=False)
         return CombinedStreamingDataset(datasets, seed=self.seed, iterate_over_all=True)
+
+    def _stream_cache(self, name: str, split: str) -> str | None:
+        """Where chunks streamed from object storage are kept (under data.cache_dir); local shards need none."""
+        if not is_remote(self.output_dir):
+            return None
+        return str(self.cache_dir / "streams" / self.manifest["key"] / name / split)
 
     def _loader(self, split: str) -> StreamingDataLoader:
         return ResumableStreamingDataLoader(

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from filelock import FileLock
 
 from lmpre import __version__
 from lmpre.data.cache import build_once, describe, describe_files, key_of, sha256_file
@@ -21,6 +22,7 @@ from lmpre.data.curate import EXAMPLE_CHARS, EXAMPLES, Curation, curate, exact_k
 from lmpre.data.dedup import Deduplication
 from lmpre.data.document import SPLITS
 from lmpre.data.filters import Filter
+from lmpre.data.remote import check_prefix, is_remote, publish
 from lmpre.data.shards import CHUNK_TOKENS, token_dtype, write_token_shards
 from lmpre.data.sources import Source
 from lmpre.data.tokenizer import TokenizerSpec, build_tokenizer, special_token_ids
@@ -66,14 +68,19 @@ class DataRecipe:
 
 
 def prepare_dataset(
-    recipe: DataRecipe, cache_dir: Path, output_dir: Path | None = None, workers: int | None = None
+    recipe: DataRecipe, cache_dir: Path, output_dir: Path | str | None = None, workers: int | None = None
 ) -> Path:
     """Return a directory with complete prepared data for `recipe`, building only what is not there yet.
 
     Without `output_dir` it is `cache_dir/prepared/<key>`, the key covering every setting and the content of
     every source file. Safe to call from several processes (DDP ranks): one builds, the others wait and reuse.
+    An `output_dir` in object storage (s3://…) gets a copy of that directory, which training streams.
     """
     recipe.check()
+    remote = str(output_dir) if is_remote(output_dir) else None
+    if remote:
+        check_prefix(remote)  # a bucket or prefix that cannot receive the data fails before any work
+        output_dir = None
     workers = workers or os.cpu_count() or 1
     stages = {name: _documents_stage(source, recipe, cache_dir, workers) for name, source in recipe.sources.items()}
     settings = {
@@ -84,7 +91,7 @@ def prepare_dataset(
         "removed_examples": recipe.removed_examples,
     }
     key = key_of(settings)
-    target = output_dir.expanduser().resolve() if output_dir else cache_dir / "prepared" / key
+    target = Path(output_dir).expanduser().resolve() if output_dir else cache_dir / "prepared" / key
     if output_dir:
         _check_output_dir(target, key, settings)
 
@@ -93,6 +100,10 @@ def prepare_dataset(
 
     built = build_once(target, cache_dir / "locks", lambda path: _manifest_key(path) == key, build)
     log.info("%s prepared data at %s", "built" if built else "reusing", target)
+    if remote:
+        with FileLock(cache_dir / "locks" / f"{key_of(remote)}.lock"):
+            uploaded = publish(target, remote, key)
+        log.info("%s prepared data at %s", "uploaded" if uploaded else "reusing", remote)
     return target
 
 
