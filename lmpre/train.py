@@ -114,8 +114,10 @@ def _check_parallelism(model: DictConfig) -> None:
     if not isinstance(model.get("activation_checkpointing", False), bool):
         raise ConfigError(f"model.activation_checkpointing={model.activation_checkpointing} must be true or false")
     compile = model.get("compile", False)
-    backends = torch.compiler.list_backends(exclude_tags=())
-    if not isinstance(compile, bool) and compile not in backends:
+    if isinstance(compile, bool):
+        return
+    backends = torch.compiler.list_backends(exclude_tags=())  # imports dynamo: half a second
+    if compile not in backends:
         raise ConfigError(
             f"model.compile={compile} must be true, false or a torch.compile backend ({', '.join(backends)})"
         )

@@ -106,3 +106,36 @@ def test_gradient_norm_is_logged_before_clipping() -> None:
     ).norm()
     assert float(trainer.callback_metrics["train/grad_norm"]) == pytest.approx(unclipped.item(), rel=1e-4)
     assert unclipped.item() > 1e-2
+
+
+class SGDCausalLM(CausalLM):
+    """A causal LM stepped by plain SGD at lr 1 (importable by spawned processes)."""
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=1.0)
+
+
+def test_two_processes_accumulating_make_the_update_of_one_large_batch() -> None:
+    """2 DDP processes × 2 micro-batches of 2 windows each step as one process with all 8 windows: the gradient is
+    normalised over every process too (DDP averages gradients; the loss is a mean over all scored positions)."""
+    windows = torch.randint(20, VOCAB, (8, SEQ_LEN + 1), generator=torch.Generator().manual_seed(3))
+
+    def step(batch_size: int, accumulate: int, **trainer: Any) -> CausalLM:
+        torch.manual_seed(0)
+        model = SGDCausalLM({**TINY, "causal": True}, special_tokens=SPECIAL)
+        L.Trainer(
+            max_steps=1,
+            accumulate_grad_batches=accumulate,
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            **trainer,
+        ).fit(model, DataLoader(windows, batch_size=batch_size))
+        return model
+
+    distributed = step(2, 2, devices=2, strategy="ddp_spawn")
+    single = step(8, 1, devices=1)
+    for (name, a), b in zip(distributed.named_parameters(), single.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
