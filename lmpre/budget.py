@@ -181,7 +181,10 @@ class ScheduleToBudget(L.Callback):
         total = step + int(remaining / seconds_per_step)
         if trainer.max_steps > 0:
             total = min(total, trainer.max_steps)
-        self._set(trainer, int(trainer.strategy.broadcast(total)))
+        total = int(trainer.strategy.broadcast(total))
+        if step - origin_step == self.every_n_steps and trainer.is_global_zero:  # the first estimate of this launch
+            log.info("time budget: %.3g s per step, so the LR schedule ends at step %d", seconds_per_step, total)
+        self._set(trainer, total)
 
     def _set(self, trainer: L.Trainer, total_steps: int) -> None:
         if total_steps != self.total_steps:

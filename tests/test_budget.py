@@ -105,6 +105,7 @@ def test_a_time_budget_ends_the_run_and_fits_the_schedule_to_it(corpus: TinyCorp
     result = launch(*run, run_dir=tmp_path)
     assert result.exitcode == 0, result.output[-3000:]
     assert "Time limit reached" in result.output
+    assert "so the LR schedule ends at step" in (tmp_path / "train.log").read_text()
     lr = lr_by_step(tmp_path)
     last = max(lr)
     assert last > 20  # enough steps were timed to fit the schedule

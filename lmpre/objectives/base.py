@@ -47,7 +47,7 @@ class PretrainingObjective(L.LightningModule):
         special_tokens: Mapping[str, Any] | None = None,
         seed: int = 0,
         activation_checkpointing: bool = False,
-        compile: bool = False,
+        compile: bool | str = False,  # true: torch.compile's default backend; or a backend's name
     ) -> None:
         super().__init__()
         self.config = backbone if isinstance(backbone, TransformerConfig) else TransformerConfig(**backbone)
@@ -87,12 +87,14 @@ class PretrainingObjective(L.LightningModule):
         return loss_sum
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        scored = self.trainer.strategy.reduce(self._scored, reduce_op="sum")  # every process's
+        self._scored = torch.zeros((), dtype=torch.long, device=self.device)
         grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if not grads:
+            return
         # Lightning divided each micro-batch's loss by k, and DDP/FSDP average gradients over the processes.
-        scored = self.trainer.strategy.reduce(self._scored, reduce_op="sum")
         scale = self.trainer.accumulate_grad_batches * self.trainer.world_size / scored.clamp(min=1)
         torch._foreach_mul_([g.to_local() if isinstance(g, DTensor) else g for g in grads], scale)
-        self._scored = torch.zeros((), dtype=torch.long, device=self.device)
         if self.trainer._logger_connector.should_update_logs:  # logging steps only: the norm costs a sync
             norm = torch.nn.utils.get_total_norm(grads)  # before clipping, which Lightning does next
             self.log("train/grad_norm", norm.full_tensor() if isinstance(norm, DTensor) else norm)
