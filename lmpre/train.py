@@ -29,7 +29,8 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from lmpre import checkpoint, init
+from lmpre import budget, checkpoint, init
+from lmpre.budget import ScheduleToBudget
 from lmpre.callbacks import LogStepOnResume, StopOnSignal
 from lmpre.checkpoint import AtomicCheckpointIO, CheckpointInfo
 from lmpre.errors import CheckpointError, ConfigError, Interrupted, LmpreError
@@ -71,6 +72,8 @@ def check_config(cfg: DictConfig) -> None:
     max_steps = _number(trainer.get("max_steps", -1), "trainer.max_steps", int)
     if max_steps == 0 or max_steps < -1:
         raise ConfigError(f"trainer.max_steps={max_steps} must be a positive number of steps (or -1: epochs decide)")
+    _check_budget(cfg, tokens_per_process=batch_size * seq_len)
+    _check_parallelism(cfg.model)
     accelerator = str(trainer.get("accelerator", "auto"))
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError(
@@ -83,6 +86,41 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.get("resume", "auto") not in RESUME:
         raise ConfigError(f"resume={cfg.resume} is not one of {', '.join(RESUME)}")
     init.check_settings(cfg)
+
+
+def _check_budget(cfg: DictConfig, tokens_per_process: int) -> None:
+    trainer, limits = cfg.trainer, cfg.get("budget") or DictConfig({})
+    accumulate = _number(trainer.get("accumulate_grad_batches", 1), "trainer.accumulate_grad_batches", int)
+    if accumulate < 1:
+        raise ConfigError(f"trainer.accumulate_grad_batches={accumulate} must be at least 1 (micro-batches per step)")
+    if trainer.get("max_time") is not None:
+        raise ConfigError(
+            f"trainer.max_time={trainer.max_time}: set budget.max_time instead (the LR schedule is fitted to it)"
+        )
+    budget.parse_time(limits.get("max_time"))
+    if limits.get("max_tokens") is not None:
+        max_tokens = _number(limits.max_tokens, "budget.max_tokens", int)
+        devices = trainer.get("devices", 1)
+        processes = devices * int(trainer.get("num_nodes", 1)) if isinstance(devices, int) and devices > 0 else 1
+        per_step = tokens_per_process * accumulate * processes
+        if max_tokens < per_step:
+            raise ConfigError(
+                f"budget.max_tokens={limits.max_tokens} is less than one optimizer step ({per_step:,} tokens: "
+                "data.batch_size × data.seq_len × trainer.accumulate_grad_batches × devices): raise it, or unset it"
+            )
+
+
+def _check_parallelism(model: DictConfig) -> None:
+    if not isinstance(model.get("activation_checkpointing", False), bool):
+        raise ConfigError(f"model.activation_checkpointing={model.activation_checkpointing} must be true or false")
+    compile = model.get("compile", False)
+    if isinstance(compile, bool):
+        return
+    backends = torch.compiler.list_backends(exclude_tags=())  # imports dynamo: half a second
+    if compile not in backends:
+        raise ConfigError(
+            f"model.compile={compile} must be true, false or a torch.compile backend ({', '.join(backends)})"
+        )
 
 
 def _backbone(cfg: DictConfig) -> dict[str, Any]:
@@ -195,7 +233,7 @@ def build(
     without a progress bar among the callbacks, Lightning draws none (plain log lines instead)."""
     datamodule, model = build_objective(cfg)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    callbacks += [LogStepOnResume(), *(callbacks_extra or [])]
+    callbacks += [LogStepOnResume(), ScheduleToBudget(), *(callbacks_extra or [])]
     logger: Any = False
     if cfg.get("logger"):
         is_tensorboard = issubclass(get_class(cfg.logger._target_), TensorBoardLogger)
@@ -211,7 +249,9 @@ def build(
         logger=logger,
         plugins=plugins,
         enable_progress_bar=any(isinstance(c, ProgressBar) for c in callbacks),
+        **budget.trainer_limits(cfg),
     )
+    budget.apply(cfg, trainer)
     return datamodule, model, trainer
 
 
@@ -249,6 +289,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                     f"{model.model.num_parameters():,}",
                     f"{model.model.num_parameters(exclude_embeddings=False):,}",
                 )
+                log.info("%s", budget.from_config(cfg, trainer.world_size).describe())
             if cfg.validate_first and resume is None:  # the untrained model's val/loss: the curve's true start
                 trainer.validate(model, datamodule=datamodule, verbose=False)
             trainer.fit(model, datamodule=datamodule, ckpt_path=resume.path if resume else None)

@@ -4,6 +4,7 @@ model inputs and targets (`forward`) and how long that window must be (`window_l
 from __future__ import annotations
 
 import contextlib
+import math
 import zlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -14,7 +15,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor
 from torch.utils.flop_counter import FlopCounterMode
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
@@ -24,9 +25,10 @@ from lmpre.checkpoint import RECORD_KEY, check_matches, inspect, objective_class
 from lmpre.errors import CheckpointError, ConfigError
 from lmpre.models import Transformer, TransformerConfig
 from lmpre.objectives.optim import AdamW
-from lmpre.objectives.sharding import shard
+from lmpre.objectives.parallelize import Parallelism, parallelize
 
 IGNORE_INDEX = -100  # target value for positions that carry no loss
+UNKNOWN_LENGTH = 2**62  # steps of an LR schedule whose end is not known yet
 
 
 @dataclass
@@ -44,6 +46,8 @@ class PretrainingObjective(L.LightningModule):
         optim: AdamW | Mapping[str, Any] | None = None,
         special_tokens: Mapping[str, Any] | None = None,
         seed: int = 0,
+        activation_checkpointing: bool = False,
+        compile: bool | str = False,  # true: torch.compile's default backend; or a backend's name
     ) -> None:
         super().__init__()
         self.config = backbone if isinstance(backbone, TransformerConfig) else TransformerConfig(**backbone)
@@ -54,14 +58,46 @@ class PretrainingObjective(L.LightningModule):
         # Plain containers only, so checkpoints load with torch.load(weights_only=True).
         self.hparams.update(backbone=asdict(self.config), optim=asdict(self.optim), special_tokens=self.special_tokens)
         self.model = Transformer(self.config)
+        # Applied to the model by configure_model (lmpre.objectives.parallelize), never written into its blocks.
+        self.parallel = Parallelism(activation_checkpointing=activation_checkpointing, compile=compile)
+        self._parallelized = False
+        self._scored = torch.zeros((), dtype=torch.long)  # scored positions of this optimizer step so far
         self.val_loss = MeanMetric()
         self.val_acc = MulticlassAccuracy(self.config.vocab_size, average="micro", ignore_index=IGNORE_INDEX)
 
     def configure_model(self) -> None:
-        # The mesh is set by ModelParallelStrategy (conf/trainer/fsdp.yaml). Lightning calls this hook for
-        # every stage (validate, then fit), so shard only once.
-        if self.device_mesh is not None and not isinstance(self.model, FSDPModule):
-            shard(self.model, self.device_mesh["data_parallel"])
+        # Lightning calls this hook for every stage (validate, then fit): parallelize only once. The mesh is set by
+        # ModelParallelStrategy (conf/trainer/fsdp.yaml); without it (one device, DDP) nothing is sharded.
+        if not self._parallelized:
+            self._parallelized = True
+            mesh = None if self.device_mesh is None else self.device_mesh["data_parallel"]
+            parallelize(self.model, mesh, self.parallel)
+
+    # ------------------------------------------------------------------------------------- gradient accumulation
+
+    def accumulate(self, loss_sum: Tensor, scored: Tensor) -> Tensor:
+        """The loss to back-propagate for a micro-batch whose scored positions sum to `loss_sum`.
+
+        The update of k accumulated micro-batches must be that of one k-times larger batch: the mean over every
+        scored position of all of them (and of every process). Masked LM scores a random number of positions per
+        micro-batch, so a mean of per-micro-batch means is not that. The sum goes back instead, and the gradient is
+        divided by the whole step's count of scored positions before the optimizer sees it
+        (`on_before_optimizer_step`)."""
+        self._scored = self._scored + scored.detach()
+        return loss_sum
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        scored = self.trainer.strategy.reduce(self._scored, reduce_op="sum")  # every process's
+        self._scored = torch.zeros((), dtype=torch.long, device=self.device)
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if not grads:
+            return
+        # Lightning divided each micro-batch's loss by k, and DDP/FSDP average gradients over the processes.
+        scale = self.trainer.accumulate_grad_batches * self.trainer.world_size / scored.clamp(min=1)
+        torch._foreach_mul_([g.to_local() if isinstance(g, DTensor) else g for g in grads], scale)
+        if self.trainer._logger_connector.should_update_logs:  # logging steps only: the norm costs a sync
+            norm = torch.nn.utils.get_total_norm(grads)  # before clipping, which Lightning does next
+            self.log("train/grad_norm", norm.full_tensor() if isinstance(norm, DTensor) else norm)
 
     def window_length(self, seq_len: int) -> int:
         """Raw tokens per training example for model inputs of `seq_len` tokens."""
@@ -92,9 +128,13 @@ class PretrainingObjective(L.LightningModule):
             pred = self(window, self.batch_generator("train", batch_idx, window.device))
         if isinstance(counter, FlopCounterMode):
             self.flops_per_batch = 3 * counter.get_total_flops()  # backward costs about twice the forward
-        loss = F.cross_entropy(pred.logits.flatten(0, 1).float(), pred.targets.flatten(), ignore_index=IGNORE_INDEX)
-        self.log("train/loss", loss, prog_bar=True)
-        return loss
+        targets = pred.targets.flatten()
+        loss_sum = F.cross_entropy(
+            pred.logits.flatten(0, 1).float(), targets, ignore_index=IGNORE_INDEX, reduction="sum"
+        )
+        scored = (targets != IGNORE_INDEX).sum()
+        self.log("train/loss", loss_sum / scored, prog_bar=True)
+        return self.accumulate(loss_sum, scored)
 
     def validation_step(self, window: Tensor, batch_idx: int) -> None:
         pred = self(window, self.batch_generator("val", batch_idx, window.device))
@@ -158,5 +198,8 @@ class PretrainingObjective(L.LightningModule):
         return cast(Self, model)
 
     def configure_optimizers(self) -> Any:
-        optimizer, scheduler = self.optim.build(self.model, int(self.trainer.estimated_stepping_batches))
+        # A time budget alone leaves the length unknown here (infinite): lmpre.budget.ScheduleToBudget sets it once
+        # it has measured the speed; until then the schedule holds the peak LR after the warm-up.
+        total = self.trainer.estimated_stepping_batches
+        optimizer, scheduler = self.optim.build(self.model, int(total) if math.isfinite(total) else UNKNOWN_LENGTH)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -27,10 +27,23 @@ class AdamW:
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
         optimizer = torch.optim.AdamW(groups, lr=self.lr, betas=(self.betas[0], self.betas[1]), eps=self.eps)
-        return optimizer, LambdaLR(optimizer, lambda step: self.lr_factor(step, total_steps))
+        return optimizer, LambdaLR(optimizer, WarmupCosine(self.warmup_steps, self.min_lr_ratio, total_steps))
 
     def lr_factor(self, step: int, total_steps: int) -> float:
+        return WarmupCosine(self.warmup_steps, self.min_lr_ratio, total_steps)(step)
+
+
+@dataclass
+class WarmupCosine:
+    """The LR multiplier at a step. `total_steps` may be set after construction (lmpre.budget: a time budget learns
+    it by measuring speed); plain fields only, since LambdaLR saves them in checkpoints."""
+
+    warmup_steps: int
+    min_lr_ratio: float
+    total_steps: int
+
+    def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
             return (step + 1) / self.warmup_steps
-        progress = min(1.0, (step - self.warmup_steps) / max(1, total_steps - self.warmup_steps))
+        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
         return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
