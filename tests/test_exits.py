@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -93,16 +94,24 @@ def test_a_signal_before_training_exits_with_nothing_to_save(corpus: TinyCorpus,
 
 def test_ctrl_c_while_train_prepares_data_exits_130(tmp_path: Path) -> None:
     """Found: Ctrl-C during train's own data preparation exited 0 without a word. (Preparing the bundled WikiText-2
-    with a trained tokenizer takes many seconds: the signal, 2 s after the launch, lands in it.)"""
+    with a trained tokenizer takes many seconds: the signal, sent once the first stage's build has taken its lock,
+    lands in it however loaded the machine is.)"""
     fresh = ["data=wiki", "data.tokenizer.vocab_size=512", f"data.output_dir={tmp_path / 'prepared'}"]
     fresh.append(f"data.cache_dir={tmp_path / 'cache'}")
-    timer: list[threading.Timer] = []
+    building = tmp_path / "cache" / "locks"  # made by the first build, before it starts its work
+    watcher: list[threading.Thread] = []
 
-    def interrupt_soon(pid: int) -> None:
-        timer.append(threading.Timer(2.0, lambda: os.kill(pid, signal.SIGINT)))
-        timer[0].start()
+    def interrupt_when_building(pid: int) -> None:
+        def watch() -> None:
+            deadline = time.monotonic() + 120
+            while not building.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            os.kill(pid, signal.SIGINT)
 
-    result = launch(*fresh, run_dir=tmp_path / "run", start=interrupt_soon)
+        watcher.append(threading.Thread(target=watch, daemon=True))
+        watcher[0].start()
+
+    result = launch(*fresh, run_dir=tmp_path / "run", start=interrupt_when_building)
     assert result.exitcode == 130, result.output[-3000:]
     assert messages(result.output, "interrupted") == ["interrupted by SIGINT before training started: nothing to save"]
     assert "Traceback" not in result.output
