@@ -123,7 +123,8 @@ def job_as_single_run() -> Iterator[None]:
     under `-m` that would run the whole sweep again in every such process, in run directories of its own. With the
     job's own overrides as argv and its output directory as hydra.run.dir, they join this job's run instead. The
     job's process group and the variables Lightning set for it (LOCAL_RANK=0 would tell the next job that its
-    processes are started by someone else) end with the job: the next job's processes form their own group."""
+    processes are started by someone else) end with the job: the next job's processes form their own group. So does
+    its wandb run, which would otherwise take in the next job's metrics."""
     if not in_multirun():
         yield
         return
@@ -143,6 +144,9 @@ def job_as_single_run() -> Iterator[None]:
                 os.environ[key] = value
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+        wandb = sys.modules.get("wandb")
+        if wandb is not None and wandb.run is not None:  # else the next job's WandbLogger would log into this run
+            wandb.finish()
 
 
 class SweepSummary(Callback):

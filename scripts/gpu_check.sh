@@ -37,5 +37,5 @@ for preset in ("gpu", "fsdp"):
         values = [float(r[key]) for r in rows if r.get(key)]
         return sum(values) / len(values) if values else float("nan")
     tokens, mfu = mean("train/device/items_per_sec"), mean("train/device/mfu")
-    print(f"{preset:8} {tokens:12,.0f} {mfu:7.1%}")
+    print(f"{preset:8} {tokens:12,.0f} {'n/a' if mfu != mfu else f'{mfu:.1%}':>7}")  # n/a: no peak FLOP/s known
 PY

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -47,13 +49,18 @@ def test_several_loggers_at_once_see_the_same_run(corpus: TinyCorpus, tmp_path: 
     assert scalars(tmp_path, "val/loss")[3] == pytest.approx(metrics["val/loss"])
 
 
-def test_wandb_offline_writes_into_the_run_directory(corpus: TinyCorpus, tmp_path: Path) -> None:
+def test_wandb_offline_gives_each_job_of_a_sweep_its_own_run(corpus: TinyCorpus, tmp_path: Path) -> None:
     pytest.importorskip("wandb", reason='needs pip install "lmpre[loggers]"')
-    run(corpus, tmp_path, "logger=wandb")
-    (record,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")  # what `wandb sync` uploads
-    data = record.read_bytes()  # wandb's own binary log: its reader is not public, the names are in it
-    assert b"val/loss" in data
-    assert b"backbone" in data  # the config, logged as hyper-parameters
+    args = [*corpus.run("gpt", *STEPS), "logger=wandb", "optim.lr=1e-3,2e-3", f"hydra.sweep.dir={tmp_path}"]
+    result = subprocess.run(
+        [sys.executable, "-m", "lmpre.train", "-m", *args], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for job, lr in (("0", b"0.001"), ("1", b"0.002")):
+        (record,) = (tmp_path / job / "wandb").glob("offline-run-*/run-*.wandb")  # what `wandb sync` uploads
+        data = record.read_bytes()  # wandb's own binary log: its reader is not public, the names are in it
+        assert b"val/loss" in data
+        assert lr in data  # the config, logged as hyper-parameters: this job's
 
 
 @pytest.mark.slow  # MLflow creates its database tables at each run's start: 10 s and more
