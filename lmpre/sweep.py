@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import logging
 import math
 import os
 import sys
@@ -34,8 +33,6 @@ from hydra.types import RunMode
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, read_write
-
-log = logging.getLogger(__name__)
 
 RESULT = "result.json"
 # Set by Lightning's launcher in the process that starts the others.
