@@ -9,13 +9,16 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hydra import compose, initialize_config_module
 from launch import TinyCorpus, scalars, tiny_corpus
+from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 from test_train import compose_train
 
 from lmpre.train import train
 
+CONF = Path(__file__).resolve().parents[1] / "conf"
 STEPS = ["trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.limit_val_batches=1"]
 
 
@@ -99,6 +102,19 @@ def test_optuna_search_finds_the_best_of_its_trials(corpus: TinyCorpus, tmp_path
     overrides = dict(o.split("=", 1) for o in best["overrides"].split())
     assert float(overrides["optim.lr"]) == pytest.approx(study["best_params"]["optim.lr"])
     assert len({row["overrides"] for row in rows}) == 3  # three different trials
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in CONF.glob("hparams_search/*.yaml")))
+def test_each_search_preset_searches_settings_that_exist(preset: str) -> None:
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason='needs pip install "lmpre[sweeps]"')
+    with initialize_config_module(config_module="lmpre.conf", version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"hparams_search={preset}"], return_hydra_config=True)
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper")
+    assert sweeper.direction == "minimize"
+    assert sweeper.params
+    for key in sweeper.params:
+        assert OmegaConf.select(cfg, key) is not None, key
 
 
 def test_a_sweep_through_submitit_runs_each_job_as_a_cluster_would(corpus: TinyCorpus, tmp_path: Path) -> None:
