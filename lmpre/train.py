@@ -29,7 +29,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from lmpre import budget, checkpoint, init
+from lmpre import budget, checkpoint, init, sweep
 from lmpre.budget import ScheduleToBudget
 from lmpre.callbacks import LogStepOnResume, StopOnSignal
 from lmpre.checkpoint import AtomicCheckpointIO, CheckpointInfo
@@ -233,26 +233,33 @@ def build(
     without a progress bar among the callbacks, Lightning draws none (plain log lines instead)."""
     datamodule, model = build_objective(cfg)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    callbacks += [LogStepOnResume(), ScheduleToBudget(), *(callbacks_extra or [])]
-    logger: Any = False
-    if cfg.get("logger"):
-        is_tensorboard = issubclass(get_class(cfg.logger._target_), TensorBoardLogger)
-        # purge_step: TensorBoard drops what an earlier launch logged from this step on, so curves never interleave
-        extra = {"purge_step": purge_step} if is_tensorboard and purge_step is not None else {}
-        logger = instantiate(cfg.logger, **extra)
+    callbacks += [LogStepOnResume(), ScheduleToBudget(), sweep.run_result(cfg), *(callbacks_extra or [])]
     plugins = list(instantiate(cfg.trainer.get("plugins") or [], _convert_="all"))
     if not any(isinstance(p, CheckpointIO) for p in plugins):
         plugins.append(AtomicCheckpointIO())
     trainer = instantiate(
         cfg.trainer,
         callbacks=callbacks,
-        logger=logger,
+        logger=build_loggers(cfg, purge_step) or False,
         plugins=plugins,
         enable_progress_bar=any(isinstance(c, ProgressBar) for c in callbacks),
         **budget.trainer_limits(cfg),
     )
     budget.apply(cfg, trainer)
     return datamodule, model, trainer
+
+
+def build_loggers(cfg: DictConfig, purge_step: int | None = None) -> list[Any]:
+    """One logger per entry of `logger` (`logger=[tensorboard,csv]`; an entry set to null is dropped)."""
+    loggers = []
+    for logger_cfg in (cfg.get("logger") or {}).values():
+        if logger_cfg is None:
+            continue
+        is_tensorboard = issubclass(get_class(logger_cfg._target_), TensorBoardLogger)
+        # purge_step: TensorBoard drops what an earlier launch logged from this step on, so curves never interleave
+        extra = {"purge_step": purge_step} if is_tensorboard and purge_step is not None else {}
+        loggers.append(instantiate(logger_cfg, **extra))
+    return loggers
 
 
 # -------------------------------------------------------------------------------------------------------- training
@@ -350,7 +357,8 @@ def main(cfg: DictConfig) -> Any:
     _log_through_hydra()
     log.debug("config:\n%s", OmegaConf.to_yaml(cfg))
     try:
-        metrics = train(cfg)
+        with sweep.job_as_single_run():
+            metrics = train(cfg)
     except Interrupted as err:
         _report(err.message)
         raise SystemExit(err.exit_code) from None
@@ -359,11 +367,13 @@ def main(cfg: DictConfig) -> Any:
         raise SystemExit(130) from None
     except (LmpreError, InstantiationException) as err:  # a config or input to fix, not a bug: no traceback
         _report(f"error: {err}")
+        if sweep.in_multirun():  # SystemExit would end the whole sweep: a failed job is a row of its summary
+            raise sweep.JobFailed(f"error: {err}") from None
         raise SystemExit(1) from None
     except Exception:
         _log_to_file(logging.ERROR, "training failed", exc_info=True)
         raise
-    # A sweeper (e.g. Optuna) optimises the value returned here.
+    # A sweeper (e.g. Optuna, hparams_search=…) minimises the value returned here: the final val/loss.
     return metrics.get("val/loss")
 
 
@@ -392,4 +402,8 @@ def _log_to_file(level: int, message: str, exc_info: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run lmpre.train's own `main`, not this __main__ copy's: launchers that pickle the task function (submitit)
+    # then pickle a reference to an importable function, not the function and everything it refers to.
+    from lmpre.train import main as importable_main
+
+    importable_main()

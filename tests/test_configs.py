@@ -44,7 +44,7 @@ def test_published_presets_have_published_sizes(preset: str, vocab_size: int, pa
 
 def test_cpu_trainer_logger_callbacks_and_optim_build(tmp_path: Path) -> None:
     cfg = compose_train(f"paths.output_dir={tmp_path}")
-    trainer = instantiate(cfg.trainer, logger=instantiate(cfg.logger))
+    trainer = instantiate(cfg.trainer, logger=instantiate(cfg.logger.tensorboard))
     assert trainer.precision == "32-true"
     assert Path(trainer.logger.log_dir) == tmp_path / "tensorboard"
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
