@@ -51,7 +51,7 @@ class Case:
 
 
 CASES = {
-    "cpu": Case(["model=gpt", "data=wiki"], steps=5, warmup=5),  # the CPU preset
+    "cpu": Case(["model=gpt", "data=wiki"], steps=3, warmup=3),  # the CPU preset
     # where per-step overhead shows most: nanoGPT's CPU Shakespeare shape, 12x64 tokens per step
     "tiny": Case(["model=gpt", "data=shakespeare", "model.backbone.d_model=128"], steps=25, warmup=20),
 }

@@ -20,6 +20,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import Self
 
+from lmpre.callbacks import logs_this_step
 from lmpre.checkpoint import RECORD_KEY, check_matches, inspect, objective_class, run_record
 from lmpre.errors import CheckpointError, ConfigError
 from lmpre.models import Transformer, TransformerConfig
@@ -93,7 +94,9 @@ class PretrainingObjective(L.LightningModule):
         if isinstance(counter, FlopCounterMode):
             self.flops_per_batch = 3 * counter.get_total_flops()  # backward costs about twice the forward
         loss = F.cross_entropy(pred.logits.flatten(0, 1).float(), pred.targets.flatten(), ignore_index=IGNORE_INDEX)
-        self.log("train/loss", loss, prog_bar=True)
+        # Only on the steps Lightning writes: each self.log pays its bookkeeping, written or not.
+        if self._trainer is None or logs_this_step(self._trainer):
+            self.log("train/loss", loss, prog_bar=True)
         return loss
 
     def validation_step(self, window: Tensor, batch_idx: int) -> None:
