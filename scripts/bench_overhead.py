@@ -15,13 +15,16 @@ Not timed: composing the config, preparing the data, building the model, the san
 of each (the first lmpre step counts FLOPs), the final validation and checkpoint. The progress bar is drawn as in a
 terminal (TTY_COMPATIBLE=1), where users see it.
 
-    python scripts/bench_overhead.py [--cases cpu tiny] [--rounds 10] > /tmp/bench.txt; tail -n 8 /tmp/bench.txt
+    python scripts/bench_overhead.py [--cases cpu tiny] [--rounds 10] [--threads 1] > /tmp/b.txt; tail -n 5 /tmp/b.txt
+    python scripts/bench_overhead.py --cases tiny --profile /tmp/lmpre.prof  # what lmpre's steps spend their time on
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import os
+import pstats
 import tempfile
 import time
 from collections.abc import Iterator
@@ -113,8 +116,9 @@ class PlainLoop:
 class Alternate(L.Callback):
     """Interleaves the plain loop with lmpre's fit: K timed lmpre steps, then K timed plain steps, and so on."""
 
-    def __init__(self, case: Case, rounds: int, make_plain: Any) -> None:
+    def __init__(self, case: Case, rounds: int, make_plain: Any, profile: cProfile.Profile | None = None) -> None:
         self.case, self.rounds, self.make_plain = case, rounds, make_plain
+        self.profile = profile  # enabled over lmpre's timed segments only
         self.timings = Timings()
         self.plain: PlainLoop | None = None
         self._started = (0.0, 0.0)
@@ -129,11 +133,17 @@ class Alternate(L.Callback):
             for _ in range(case.warmup):
                 self.plain.step()
         else:
+            if self.profile:
+                self.profile.disable()
             self.timings.lmpre.append(since(self._started))
             start = clock()
             for _ in range(case.steps):
                 self.plain.step()
             self.timings.plain.append(since(start))
+            if len(self.timings.plain) == self.rounds:
+                return
+        if self.profile:
+            self.profile.enable()
         self._started = clock()
 
 
@@ -150,14 +160,14 @@ def same_batches(cfg: DictConfig, count: int) -> list[torch.Tensor]:
     return batches
 
 
-def run_case(name: str, case: Case, rounds: int) -> tuple[Timings, int]:
+def run_case(name: str, case: Case, rounds: int, profile: cProfile.Profile | None = None) -> tuple[Timings, int]:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = compose_config(case, rounds, Path(tmp) / "run")
         L.seed_everything(cfg.seed)
         plain_steps = case.warmup + rounds * case.steps
         batches = same_batches(cfg, plain_steps)
         total = int(cfg.trainer.max_steps)
-        alternate = Alternate(case, rounds, lambda objective: PlainLoop(objective, batches, total))
+        alternate = Alternate(case, rounds, lambda objective: PlainLoop(objective, batches, total), profile)
         datamodule, model, trainer = build(cfg, callbacks_extra=[alternate])
         trainer.fit(model, datamodule=datamodule)
         return alternate.timings, batches[0].numel()
@@ -179,12 +189,14 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=["cpu", "tiny"])
     parser.add_argument("--rounds", type=int, default=10, help="timed lmpre/plain segment pairs per case")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for both (default: torch's)")
+    parser.add_argument("--profile", type=Path, help="cProfile lmpre's timed steps (this file: pstats), print the top")
     args = parser.parse_args()
+    profile = cProfile.Profile() if args.profile else None
     if args.threads:
         torch.set_num_threads(args.threads)
     lines = []
     for name in args.cases:
-        timings, tokens_per_step = run_case(name, CASES[name], args.rounds)
+        timings, tokens_per_step = run_case(name, CASES[name], args.rounds, profile)
         lines.append(report(name, timings, tokens_per_step, CASES[name].steps))
     print(
         f"\ntorch threads: {torch.get_num_threads()}; tokens/s over all timed segments, per second of wall clock and "
@@ -194,6 +206,9 @@ def main() -> None:
     print(f"{'':5} {'':6} {'':7} | {'tokens/s (wall)':^37} | {'tokens/s (CPU time)':^37}")
     print(f"{'case':5} {'tok/st':>6} {'rounds':>7} | {head} | {head}")
     print("\n".join(lines))
+    if profile:
+        profile.dump_stats(args.profile)
+        pstats.Stats(profile).sort_stats("cumulative").print_stats(40)
 
 
 if __name__ == "__main__":
