@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import threading
@@ -59,6 +60,13 @@ class LogStepOnResume(L.Callback):
 def logging_step(trainer: L.Trainer) -> int:
     """The step Lightning logs metrics at now (during a validation: the step it validates)."""
     return int(trainer.fit_loop.epoch_loop._batches_that_stepped)
+
+
+def logs_this_step(trainer: L.Trainer) -> bool:
+    """Whether Lightning writes the training step in progress to the loggers: every `log_every_n_steps` steps and at
+    the run's last step. A value logged on other steps is never written, only its bookkeeping paid for."""
+    last_step = 0 < trainer.max_steps <= trainer.global_step + 1
+    return bool(trainer._logger_connector.should_update_logs) or last_step
 
 
 class StopOnSignal(L.Callback):
@@ -252,11 +260,15 @@ def _duration(seconds: float) -> str:
 
 class StepProgressBar(RichProgressBar):
     """Rich's bar over the whole run's steps instead of one epoch's batches: step/max_steps, elapsed • time left
-    and tokens/s. A resumed run starts the bar where it stopped. (callbacks.progress=null: plain log lines.)"""
+    and tokens/s. A resumed run starts the bar where it stopped. (callbacks.progress=null: plain log lines.)
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    It is redrawn at most `refresh_rate` times a second (Lightning's 100 redraws it after nearly every step of a small
+    model, in a thread that takes turns with training), and its metrics are read (tensors to floats) as often."""
+
+    def __init__(self, refresh_rate: int = 4, **kwargs: Any) -> None:
+        super().__init__(refresh_rate=refresh_rate, **kwargs)
         self.tokens_per_step = 0
+        self._metrics_read = -math.inf  # time.monotonic() of the last read
 
     @property
     def total_train_batches(self) -> int | float:
@@ -284,7 +296,10 @@ class StepProgressBar(RichProgressBar):
         if not self.is_disabled and self.train_progress_bar_id is None:
             self._initialize_train_progress_bar_id()
         self._update(self.train_progress_bar_id, trainer.global_step)
-        self._update_metrics(trainer, pl_module)
+        now = time.monotonic()
+        if now - self._metrics_read >= 1 / max(self.refresh_rate, 1) or trainer.global_step == trainer.max_steps:
+            self._metrics_read = now
+            self._update_metrics(trainer, pl_module)
         self.refresh()
 
     def configure_columns(self, trainer: L.Trainer) -> list[Any]:

@@ -258,3 +258,57 @@ def test_the_bar_counts_the_runs_steps_across_epochs_and_resumes(corpus, tmp_pat
         assert f"{max_steps}/{max_steps}" in shown
         assert "tokens/s" in shown
         assert "Epoch" not in shown
+
+
+def test_train_loss_is_logged_at_the_steps_lightning_writes(corpus, tmp_path: Path) -> None:
+    """The loss is logged only where Lightning writes it (every log_every_n_steps and the last step): each self.log
+    costs Lightning's bookkeeping, written or not. The values written are the same as when logging every step."""
+    import lightning as L
+
+    from lmpre.train import build
+
+    def losses(every: int) -> dict[int, float]:
+        out = tmp_path / str(every)
+        overrides = ("trainer.max_steps=12", f"trainer.log_every_n_steps={every}", f"paths.output_dir={out}")
+        L.seed_everything(0)
+        datamodule, model, trainer = build(compose_train(*corpus.run("gpt", *overrides)))
+        trainer.fit(model, datamodule=datamodule)
+        return {e.step: e.value for e in scalars(out).Scalars("train/loss")}
+
+    every_step, every_fifth = losses(1), losses(5)
+    assert list(every_step) == list(range(12))
+    assert every_fifth == {step: every_step[step] for step in (4, 9, 11)}
+
+
+def test_the_bar_reads_its_metrics_at_its_refresh_rate(corpus, tmp_path: Path) -> None:
+    """Found: the bar read its metrics (a tensor-to-float each) after every step and Lightning's default redrew it up
+    to 100 times a second. Now at most `refresh_rate` times a second, and after the last step: the bar ends on the
+    run's last loss."""
+    import io
+    from unittest import mock
+
+    import lightning as L
+
+    from lmpre.callbacks import StepProgressBar
+    from lmpre.train import build
+
+    bar = StepProgressBar(refresh_rate=1, console_kwargs={"file": io.StringIO(), "force_terminal": True})
+    assert StepProgressBar().refresh_rate == 4
+    cfg = compose_train(*corpus.run("gpt", "trainer.max_steps=12", f"paths.output_dir={tmp_path}"))
+    datamodule, model, trainer = build(cfg, callbacks_extra=[bar])
+    steps: list[int] = []  # the training steps after which the bar read its metrics
+    read = bar._update_metrics
+
+    def record(trainer: L.Trainer, *args: object) -> None:
+        if trainer.training:
+            steps.append(trainer.global_step)
+        read(trainer, *args)
+
+    with (
+        mock.patch("lmpre.callbacks.time", monotonic=lambda: trainer.global_step / 10),  # a step takes 0.1 s
+        mock.patch.object(bar, "_update_metrics", side_effect=record),
+    ):
+        trainer.fit(model, datamodule=datamodule)
+    # After the first step, a second later, after the last; and at step 9, the first epoch's end (Lightning's read).
+    assert sorted(set(steps)) == [1, 9, 11, 12]
+    assert bar.get_metrics(trainer, model)["train/loss"] == pytest.approx(float(trainer.callback_metrics["train/loss"]))

@@ -21,6 +21,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import Self
 
+from lmpre.callbacks import logs_this_step
 from lmpre.checkpoint import RECORD_KEY, check_matches, inspect, objective_class, run_record
 from lmpre.errors import CheckpointError, ConfigError
 from lmpre.models import Transformer, TransformerConfig
@@ -95,7 +96,7 @@ class PretrainingObjective(L.LightningModule):
         # Lightning divided each micro-batch's loss by k, and DDP/FSDP average gradients over the processes.
         scale = self.trainer.accumulate_grad_batches * self.trainer.world_size / scored.clamp(min=1)
         torch._foreach_mul_([g.to_local() if isinstance(g, DTensor) else g for g in grads], scale)
-        if self.trainer._logger_connector.should_update_logs:  # logging steps only: the norm costs a sync
+        if logs_this_step(self.trainer):  # logging steps only: the norm costs a sync
             norm = torch.nn.utils.get_total_norm(grads)  # before clipping, which Lightning does next
             self.log("train/grad_norm", norm.full_tensor() if isinstance(norm, DTensor) else norm)
 
@@ -133,7 +134,9 @@ class PretrainingObjective(L.LightningModule):
             pred.logits.flatten(0, 1).float(), targets, ignore_index=IGNORE_INDEX, reduction="sum"
         )
         scored = (targets != IGNORE_INDEX).sum()
-        self.log("train/loss", loss_sum / scored, prog_bar=True)
+        # Only on the steps Lightning writes: each self.log pays its bookkeeping, written or not.
+        if self._trainer is None or logs_this_step(self._trainer):
+            self.log("train/loss", loss_sum / scored, prog_bar=True)
         return self.accumulate(loss_sum, scored)
 
     def validation_step(self, window: Tensor, batch_idx: int) -> None:
