@@ -23,7 +23,7 @@ from typing_extensions import Self
 from lmpre.checkpoint import RECORD_KEY, check_matches, inspect, objective_class, run_record
 from lmpre.errors import CheckpointError, ConfigError
 from lmpre.models import Transformer, TransformerConfig
-from lmpre.objectives.optim import AdamW
+from lmpre.objectives.optim import OptimizerConfig, optimizer_config
 from lmpre.objectives.sharding import shard
 
 IGNORE_INDEX = -100  # target value for positions that carry no loss
@@ -31,8 +31,8 @@ IGNORE_INDEX = -100  # target value for positions that carry no loss
 
 @dataclass
 class Prediction:
-    logits: Tensor  # (B, T, vocab)
-    targets: Tensor  # (B, T), IGNORE_INDEX where there is no loss
+    logits: Tensor  # (B, T, vocab); in training maybe (1, N, vocab): only the N scored positions (MaskedLM)
+    targets: Tensor  # (B, T), IGNORE_INDEX where there is no loss; or (1, N)
 
 
 class PretrainingObjective(L.LightningModule):
@@ -41,18 +41,20 @@ class PretrainingObjective(L.LightningModule):
     def __init__(
         self,
         backbone: TransformerConfig | Mapping[str, Any],
-        optim: AdamW | Mapping[str, Any] | None = None,
+        optim: OptimizerConfig | Mapping[str, Any] | None = None,
         special_tokens: Mapping[str, Any] | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
         self.config = backbone if isinstance(backbone, TransformerConfig) else TransformerConfig(**backbone)
-        self.optim = optim if isinstance(optim, AdamW) else AdamW(**(optim or {}))
+        self.optim = optimizer_config(optim)  # AdamW, Muon, …: conf/optim/
         self.special_tokens = dict(special_tokens or {})
         self.seed = seed
         self.save_hyperparameters()
         # Plain containers only, so checkpoints load with torch.load(weights_only=True).
-        self.hparams.update(backbone=asdict(self.config), optim=asdict(self.optim), special_tokens=self.special_tokens)
+        self.hparams.update(
+            backbone=asdict(self.config), optim=self.optim.to_dict(), special_tokens=self.special_tokens
+        )
         self.model = Transformer(self.config)
         self.val_loss = MeanMetric()
         self.val_acc = MulticlassAccuracy(self.config.vocab_size, average="micro", ignore_index=IGNORE_INDEX)
