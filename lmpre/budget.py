@@ -24,6 +24,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Timer
 
 from lmpre.errors import ConfigError
+from lmpre.objectives.optim import ScheduledLR
 
 log = logging.getLogger(__name__)
 
@@ -134,11 +135,10 @@ def apply(cfg: Any, trainer: L.Trainer) -> Budget:
 
 
 def set_schedule_length(trainer: L.Trainer, total_steps: int) -> None:
-    """Make every LR schedule of the trainer end at `total_steps` (schedules whose multiplier has `total_steps`)."""
+    """Make every LR schedule of the trainer end at `total_steps` (lmpre.objectives.optim.ScheduledLR's)."""
     for config in trainer.lr_scheduler_configs:
-        for factor in getattr(config.scheduler, "lr_lambdas", []):
-            if hasattr(factor, "total_steps"):
-                factor.total_steps = total_steps
+        if isinstance(config.scheduler, ScheduledLR):
+            config.scheduler.total_steps = total_steps
 
 
 class ScheduleToBudget(L.Callback):

@@ -66,3 +66,17 @@ def test_accelerator_presets_compose(preset: str, precision: str, strategy: str 
         assert "strategy" not in trainer
     else:
         assert strategy in str(trainer.strategy)
+
+
+@pytest.mark.parametrize("experiment", ["shakespeare_reference", "shakespeare_speedrun"])
+def test_shakespeare_experiments_compose_into_runs_of_the_benchmark(experiment: str) -> None:
+    cfg = compose_train(f"experiment={experiment}")
+    assert (cfg.data.seq_len, cfg.model.backbone.d_model, cfg.model.backbone.n_layer) == (64, 128, 4)
+    assert cfg.data.tokenizer.kind == "bytes"
+    model = instantiate(
+        cfg.model, backbone={"vocab_size": 359}, optim=cfg.optim, special_tokens=SPECIAL, _convert_="all"
+    )
+    optimizer, scheduler = model.optim.build(model.model, int(cfg.trainer.max_steps))
+    muon = any(group["use_muon"] for group in optimizer.param_groups) if "use_muon" in optimizer.defaults else False
+    assert muon == (experiment == "shakespeare_speedrun")
+    assert scheduler.total_steps == cfg.trainer.max_steps

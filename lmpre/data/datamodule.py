@@ -3,6 +3,7 @@ several sources are mixed by weight as they are read (a weight change rebuilds n
 
 from __future__ import annotations
 
+import zlib
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,6 +27,40 @@ from lmpre.errors import DataError
 SHARE_LOG_STEPS = 50  # how often a mixture's drawn shares are logged
 
 
+def window_offset(seed: int, epoch: int, index: int, window: int) -> int:
+    """How many tokens after its fixed cut window `index` starts in `epoch`: in [0, window), a pure function of its
+    arguments, so a resumed run draws the very offsets of an uninterrupted one."""
+    return zlib.crc32(f"{seed}/{epoch}/{index}".encode()) % window
+
+
+class OffsetTokensLoader(TokensLoader):
+    """litdata's TokensLoader, each window moved by `window_offset` tokens (within its chunk): every epoch sees
+    other cuts of the text, as when examples start at random positions, instead of the same windows again.
+    The last window of a chunk stays where it is (no tokens after it in the chunk)."""
+
+    def __init__(self, block_size: int, seed: int) -> None:
+        super().__init__(block_size=block_size)
+        self.seed = seed
+        self.epoch = 1  # set by SourceWindows from its dataset's epoch before each read
+
+    def load_item_from_chunk(
+        self, index: int, chunk_index: int, chunk_filepath: str, begin: int, filesize_bytes: int
+    ) -> Any:
+        window = super().load_item_from_chunk(index, chunk_index, chunk_filepath, begin, filesize_bytes)
+        assert self._block_size
+        blocks = int(self._chunks[int(chunk_index)]["dim"]) // self._block_size
+        shift = window_offset(self.seed, self.epoch, index, self._block_size)
+        if shift == 0 or index - begin + 1 >= blocks:
+            return window
+        after = super().load_item_from_chunk(index + 1, chunk_index, chunk_filepath, begin, filesize_bytes)
+        return np.concatenate([window[shift:], after[:shift]])
+
+
+# litdata accepts only the item loader class named in the chunks' index ("TokensLoader"): these are its chunks, read
+# the same way, so the subclass goes by that name.
+OffsetTokensLoader.__name__ = "TokensLoader"
+
+
 class SourceWindows(StreamingDataset):
     """Windows of one source, tagged with the source's index so the mixture actually drawn can be counted."""
 
@@ -34,6 +69,8 @@ class SourceWindows(StreamingDataset):
         self.source_index = source_index
 
     def __getitem__(self, index: Any) -> tuple[int, np.ndarray]:
+        if isinstance(self.item_loader, OffsetTokensLoader):
+            self.item_loader.epoch = self.current_epoch
         return self.source_index, super().__getitem__(index)
 
 
@@ -59,6 +96,7 @@ class TokenDataModule(L.LightningDataModule):
         batch_size: int = 16,
         num_workers: int = 0,
         seed: int = 42,
+        random_offsets: bool = False,
     ) -> None:
         super().__init__()
         sources = dict(sources)
@@ -86,6 +124,7 @@ class TokenDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
+        self.random_offsets = random_offsets
         self.window = seq_len + 1
         self.datasets: dict[str, StreamingDataset | CombinedStreamingDataset] = {}
         self.drawn: Counter[str] = Counter()  # train windows read per source
@@ -196,11 +235,12 @@ class TokenDataModule(L.LightningDataModule):
         for index, (name, facts) in enumerate(self.manifest["sources"].items()):
             if facts["splits"][split]["tokens"] < self.window:
                 continue
+            offsets = self.random_offsets and split == "train"
             datasets.append(
                 SourceWindows(
                     f"{self.shards_root}/{name}/{split}",
                     index,
-                    item_loader=TokensLoader(block_size=self.window),
+                    item_loader=OffsetTokensLoader(self.window, self.seed) if offsets else TokensLoader(self.window),
                     shuffle=split == "train",
                     seed=self.seed,
                     drop_last=split == "train",  # validation scores every window, the last batch too

@@ -20,7 +20,12 @@ class GPT2(Adapter):
     model_type = "gpt2"
     architecture = "GPT2LMHeadModel"
     task: ClassVar[Task] = "causal"
-    requires: ClassVar[Mapping[str, Any]] = {"position": "learned", "norm": "layernorm", "mlp": "gelu"}
+    requires: ClassVar[Mapping[str, Any]] = {
+        "position": "learned",
+        "norm": "layernorm",
+        "mlp": "gelu",
+        "qk_norm": False,
+    }
 
     def hf_config(self, config: TransformerConfig, special_tokens: Mapping[str, Any]) -> dict[str, Any]:
         return {

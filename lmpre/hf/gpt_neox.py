@@ -20,7 +20,7 @@ class GPTNeoX(Adapter):
     model_type = "gpt_neox"
     architecture = "GPTNeoXForCausalLM"
     task: ClassVar[Task] = "causal"
-    requires: ClassVar[Mapping[str, Any]] = {"position": "rope", "norm": "layernorm", "mlp": "gelu"}
+    requires: ClassVar[Mapping[str, Any]] = {"position": "rope", "norm": "layernorm", "mlp": "gelu", "qk_norm": False}
 
     def hf_config(self, config: TransformerConfig, special_tokens: Mapping[str, Any]) -> dict[str, Any]:
         return {

@@ -41,7 +41,7 @@ class Llama(Adapter):
     model_type = "llama"
     architecture = "LlamaForCausalLM"
     task: ClassVar[Task] = "causal"
-    requires: ClassVar[Mapping[str, Any]] = {"position": "rope", "norm": "rmsnorm", "mlp": "swiglu"}
+    requires: ClassVar[Mapping[str, Any]] = {"position": "rope", "norm": "rmsnorm", "mlp": "swiglu", "qk_norm": False}
     prefix = "model."  # of the base model's weights inside the task class
     head_bias = False  # the output layer has a bias when the backbone's linear layers do
 

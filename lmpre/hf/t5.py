@@ -22,7 +22,12 @@ class T5(Adapter):
     model_type = "t5"
     architecture = "T5ForConditionalGeneration"
     task: ClassVar[Task] = "seq2seq"
-    requires: ClassVar[Mapping[str, Any]] = {"position": "relative_bias", "norm": "rmsnorm", "bias": False}
+    requires: ClassVar[Mapping[str, Any]] = {
+        "position": "relative_bias",
+        "norm": "rmsnorm",
+        "bias": False,
+        "qk_norm": False,
+    }
 
     def hf_config(self, config: TransformerConfig, special_tokens: Mapping[str, Any]) -> dict[str, Any]:
         return {

@@ -37,6 +37,9 @@ class TransformerConfig:
     mlp: Literal["gelu", "swiglu"] = "gelu"
     position: Literal["learned", "rope", "relative_bias"] = "learned"
     rope_base: float = 10_000.0
+    # RMS-normalise each head's queries and keys (learned gain per channel) before the dot product: attention
+    # logits cannot grow without bound, so higher learning rates stay stable (OLMo 2, Gemma 3, modded-nanogpt)
+    qk_norm: bool = False
     # position=relative_bias (T5): key−query distances fall into this many buckets (half exact, half
     # logarithmic up to the max distance); each bucket has a learned bias per head
     relative_attention_num_buckets: int = 32
@@ -167,6 +170,8 @@ class Attention(nn.Module):
         self.q = nn.Linear(config.d_model, config.d_model, bias=config.bias)
         self.kv = nn.Linear(config.d_model, 2 * config.d_model, bias=config.bias)
         self.proj = nn.Linear(config.d_model, config.d_model, bias=config.bias)
+        self.q_norm = nn.RMSNorm(config.head_dim, eps=config.norm_eps) if config.qk_norm else None
+        self.k_norm = nn.RMSNorm(config.head_dim, eps=config.norm_eps) if config.qk_norm else None
 
     def forward(
         self,
@@ -181,12 +186,16 @@ class Attention(nn.Module):
     ) -> Tensor:
         b, t, d = x.shape
         q = self._heads(self.q(x))
+        if self.q_norm is not None:
+            q = self.q_norm(q)
         if rope is not None:
             q = rope(q, start)
         if context is not None and cache is not None and cache.cross is not None:
             k, v = cache.cross  # the encoder output does not change while decoding
         else:
             k, v = (self._heads(z) for z in self.kv(x if context is None else context).chunk(2, dim=-1))
+            if self.k_norm is not None:
+                k = self.k_norm(k)
             if rope is not None:
                 k = rope(k, start)
             if cache is not None and context is not None:
@@ -332,13 +341,23 @@ class Transformer(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, idx: Tensor, decoder_idx: Tensor | None = None, cache: StackCache | None = None) -> Tensor:
+    def forward(
+        self,
+        idx: Tensor,
+        decoder_idx: Tensor | None = None,
+        cache: StackCache | None = None,
+        *,
+        scored: Tensor | None = None,
+    ) -> Tensor:
         """Logits for `idx` (GPT, BERT), or for `decoder_idx` given `idx` as encoder input (T5).
 
-        With a `cache`, `idx` (GPT) or `decoder_idx` (T5) continues the tokens the cache already holds."""
+        With a `cache`, `idx` (GPT) or `decoder_idx` (T5) continues the tokens the cache already holds. With
+        `scored` (boolean, the shape of the input), an encoder-only or decoder-only model computes the output head
+        only at those positions: (N, vocab) logits, in order, for the N true ones (a masked LM scores ~15%)."""
         if self.decoder is None:
             self._check_length("input", idx)
-            return self.head(self.encoder(self.embed(idx), cache=cache))
+            hidden = self.encoder(self.embed(idx), cache=cache)
+            return self.head(hidden if scored is None else hidden[scored])
         if decoder_idx is None:
             raise ValueError("an encoder-decoder model needs `decoder_idx`")
         return self.decode(decoder_idx, self.encode(idx), cache)

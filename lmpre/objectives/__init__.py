@@ -3,7 +3,7 @@
 from lmpre.objectives.base import IGNORE_INDEX, Prediction, PretrainingObjective
 from lmpre.objectives.causal_lm import CausalLM
 from lmpre.objectives.masked_lm import MaskedLM, mask_tokens
-from lmpre.objectives.optim import AdamW
+from lmpre.objectives.optim import AdamW, Muon, OptimizerConfig, Schedule
 from lmpre.objectives.span_corruption import SpanCorruption
 
 __all__ = [
@@ -11,8 +11,11 @@ __all__ = [
     "AdamW",
     "CausalLM",
     "MaskedLM",
+    "Muon",
+    "OptimizerConfig",
     "Prediction",
     "PretrainingObjective",
+    "Schedule",
     "SpanCorruption",
     "mask_tokens",
 ]

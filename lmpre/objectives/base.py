@@ -25,7 +25,7 @@ from lmpre.callbacks import logs_this_step
 from lmpre.checkpoint import RECORD_KEY, check_matches, inspect, objective_class, run_record
 from lmpre.errors import CheckpointError, ConfigError
 from lmpre.models import Transformer, TransformerConfig
-from lmpre.objectives.optim import AdamW
+from lmpre.objectives.optim import OptimizerConfig, optimizer_config
 from lmpre.objectives.parallelize import Parallelism, parallelize
 
 IGNORE_INDEX = -100  # target value for positions that carry no loss
@@ -34,8 +34,8 @@ UNKNOWN_LENGTH = 2**62  # steps of an LR schedule whose end is not known yet
 
 @dataclass
 class Prediction:
-    logits: Tensor  # (B, T, vocab)
-    targets: Tensor  # (B, T), IGNORE_INDEX where there is no loss
+    logits: Tensor  # (B, T, vocab); in training maybe (1, N, vocab): only the N scored positions (MaskedLM)
+    targets: Tensor  # (B, T), IGNORE_INDEX where there is no loss; or (1, N)
 
 
 class PretrainingObjective(L.LightningModule):
@@ -44,7 +44,7 @@ class PretrainingObjective(L.LightningModule):
     def __init__(
         self,
         backbone: TransformerConfig | Mapping[str, Any],
-        optim: AdamW | Mapping[str, Any] | None = None,
+        optim: OptimizerConfig | Mapping[str, Any] | None = None,
         special_tokens: Mapping[str, Any] | None = None,
         seed: int = 0,
         activation_checkpointing: bool = False,
@@ -52,12 +52,14 @@ class PretrainingObjective(L.LightningModule):
     ) -> None:
         super().__init__()
         self.config = backbone if isinstance(backbone, TransformerConfig) else TransformerConfig(**backbone)
-        self.optim = optim if isinstance(optim, AdamW) else AdamW(**(optim or {}))
+        self.optim = optimizer_config(optim)  # AdamW, Muon, …: conf/optim/
         self.special_tokens = dict(special_tokens or {})
         self.seed = seed
         self.save_hyperparameters()
         # Plain containers only, so checkpoints load with torch.load(weights_only=True).
-        self.hparams.update(backbone=asdict(self.config), optim=asdict(self.optim), special_tokens=self.special_tokens)
+        self.hparams.update(
+            backbone=asdict(self.config), optim=self.optim.to_dict(), special_tokens=self.special_tokens
+        )
         self.model = Transformer(self.config)
         # Applied to the model by configure_model (lmpre.objectives.parallelize), never written into its blocks.
         self.parallel = Parallelism(activation_checkpointing=activation_checkpointing, compile=compile)

@@ -89,5 +89,10 @@ class MaskedLM(PretrainingObjective):
         )
 
     def forward(self, window: Tensor, generator: torch.Generator | None = None) -> Prediction:
+        """Training computes the output head only at the masked positions (~`mask_prob` of them): the same loss
+        for a fraction of the head's cost, as one row of N scored positions. Evaluation keeps a row per window."""
         inputs, targets = self.mask(window, generator)
-        return Prediction(self.model(inputs), targets)
+        if not self.training:
+            return Prediction(self.model(inputs), targets)
+        scored = targets != IGNORE_INDEX
+        return Prediction(self.model(inputs, scored=scored)[None], targets[scored][None])

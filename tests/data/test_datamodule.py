@@ -9,7 +9,9 @@ from hydra.utils import instantiate
 from hydra_configs import compose_config
 
 from lmpre.data import TokenDataModule
+from lmpre.data.datamodule import window_offset
 from lmpre.errors import DataError
+from lmpre.evaluation import split_tokens
 
 
 def datamodule(overrides: list[str], seq_len: int = 32) -> TokenDataModule:
@@ -63,7 +65,11 @@ def test_split_shorter_than_a_window_names_the_setting(wikitext_overrides: list[
         dm.setup("fit")
 
 
-def test_loader_state_resumes_with_the_next_batches(wikitext_overrides: list[str], prepared_wikitext: Path) -> None:
+@pytest.mark.parametrize("offsets", [[], ["data.random_offsets=true"]])
+def test_loader_state_resumes_with_the_next_batches(
+    wikitext_overrides: list[str], prepared_wikitext: Path, offsets: list[str]
+) -> None:
+    wikitext_overrides = [*wikitext_overrides, *offsets]
     dm = datamodule(wikitext_overrides)
     dm.setup("fit")
     uninterrupted = dm.train_dataloader()
@@ -113,11 +119,47 @@ def fit(dm: TokenDataModule, max_steps: int, root: Path, ckpt_path: str | None =
     return model.seen
 
 
+@pytest.mark.parametrize("offsets", [[], ["data.random_offsets=true"]])
 def test_lightning_checkpoint_resumes_mid_epoch(
-    wikitext_overrides: list[str], prepared_wikitext: Path, tmp_path: Path
+    wikitext_overrides: list[str], prepared_wikitext: Path, tmp_path: Path, offsets: list[str]
 ) -> None:
+    wikitext_overrides = [*wikitext_overrides, *offsets]
     uninterrupted = fit(datamodule(wikitext_overrides), 6, tmp_path / "a")
     fit(datamodule(wikitext_overrides), 3, tmp_path / "b")
     [checkpoint] = (tmp_path / "b").glob("*step=3.ckpt")
     resumed = fit(datamodule(wikitext_overrides), 6, tmp_path / "b", str(checkpoint))
     assert all(torch.equal(want, got) for want, got in zip(uninterrupted[3:], resumed, strict=True))
+
+
+def epochs(dm: TokenDataModule, count: int) -> list[list[torch.Tensor]]:
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    return [[window for batch in batches(dm, loader) for window in batch] for _ in range(count)]
+
+
+def test_random_offsets_cut_the_text_anew_each_epoch_and_repeat_for_the_same_seed(
+    wikitext_overrides: list[str], prepared_wikitext: Path
+) -> None:
+    fixed = epochs(datamodule(wikitext_overrides, seq_len=2048), 2)
+    assert sorted(map(tuple, fixed[0])) == sorted(map(tuple, fixed[1]))  # the same windows, reshuffled
+
+    shifted = epochs(datamodule([*wikitext_overrides, "data.random_offsets=true"], seq_len=2048), 2)
+    assert len(shifted[0]) == len(fixed[0])
+    first, second = ({tuple(w.tolist()) for w in epoch} for epoch in shifted)
+    assert len(first & second) < 0.05 * len(first)  # other cuts of the text
+    assert len(first & {tuple(w.tolist()) for w in fixed[0]}) < 0.05 * len(first)
+    stream = split_tokens(prepared_wikitext, datamodule(wikitext_overrides).manifest, "train").tolist()
+    text = " ".join(map(str, stream))
+    assert all(" ".join(map(str, w.tolist())) in text for w in shifted[1][:20])  # each window: consecutive tokens
+
+    again = epochs(datamodule([*wikitext_overrides, "data.random_offsets=true"], seq_len=2048), 2)
+    assert all(torch.equal(a, b) for a, b in zip(shifted[0] + shifted[1], again[0] + again[1], strict=True))
+    other_seed = epochs(datamodule([*wikitext_overrides, "data.random_offsets=true", "data.seed=7"], seq_len=2048), 1)
+    assert {tuple(w.tolist()) for w in other_seed[0]} != first
+
+
+def test_window_offsets_are_spread_over_the_window_and_fixed_by_seed_epoch_and_index() -> None:
+    offsets = [window_offset(42, 1, index, 33) for index in range(3300)]
+    assert set(offsets) == set(range(33))
+    assert offsets == [window_offset(42, 1, index, 33) for index in range(3300)]
+    assert offsets != [window_offset(42, 2, index, 33) for index in range(3300)]

@@ -199,3 +199,41 @@ def test_a_t5_with_relative_bias_learns() -> None:
 def test_unknown_position_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="position='alibi' must be one of learned, rope, relative_bias"):
         TransformerConfig(position="alibi")  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------------------------- RoPE and QK-norm
+
+
+def test_rope_scores_depend_only_on_the_distance_between_query_and_key() -> None:
+    from lmpre.models.transformer import RotaryEmbedding
+
+    rope = RotaryEmbedding(TransformerConfig(vocab_size=VOCAB, d_model=32, n_head=2, max_seq_len=64))
+    q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
+
+    def score(query_at: int, key_at: int) -> torch.Tensor:
+        return (rope(q, query_at) * rope(k, key_at)).sum()
+
+    assert torch.allclose(score(5, 2), score(40, 37), atol=1e-5)  # both 3 apart
+    assert torch.allclose(score(9, 9), (q * k).sum(), atol=1e-5)  # no distance: the unrotated product
+    assert not torch.allclose(score(5, 2), score(5, 4), atol=1e-3)  # another distance, another score
+    assert torch.allclose(rope(q, 7).norm(), q.norm(), atol=1e-6)  # a rotation keeps the length
+
+
+def test_qk_norm_gives_unit_rms_heads_and_attention_that_ignores_query_and_key_scale() -> None:
+    model = build("gpt", qk_norm=True, position="rope")
+    attn = model.encoder.blocks[0].attn
+    assert attn.q_norm.weight.shape == attn.k_norm.weight.shape == (16,)  # one gain per head channel
+    seen = []
+    attn.q_norm.register_forward_hook(lambda _, args, out: seen.append(out))
+    idx = tokens(2, T)
+    before = model(idx)
+    assert seen[0].shape == (2, 2, T, 16)  # (batch, heads, positions, head_dim)
+    assert torch.allclose(seen[0].pow(2).mean(-1), torch.ones(2, 2, T), atol=1e-2)
+    with torch.no_grad():
+        for block in model.encoder.blocks:
+            block.attn.q.weight.mul_(10.0)  # without QK-norm this sharpens every attention pattern
+            block.attn.kv.weight[:32].mul_(3.0)  # the keys: their half of kv
+    assert torch.allclose(model(idx), before, atol=1e-4)
+    plain = build("gpt", position="rope")
+    assert plain.encoder.blocks[0].attn.q_norm is None
+    assert sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in plain.parameters()) == 2 * 2 * 16

@@ -77,7 +77,7 @@ def test_masks_are_fresh_per_generator_and_repeat_per_seed(wikitext) -> None:
 
 
 def test_forward_feeds_masked_inputs_and_scores_only_selected_positions(wikitext) -> None:
-    model, window = masked_lm(wikitext), wikitext.windows(128)[:4]
+    model, window = masked_lm(wikitext).eval(), wikitext.windows(128)[:4]  # evaluation: a row per window
     assert model.window_length(128) == 128
     fed = []
     model.model.register_forward_pre_hook(lambda _, args: fed.append(args[0]))
@@ -87,6 +87,30 @@ def test_forward_feeds_masked_inputs_and_scores_only_selected_positions(wikitext
     assert torch.equal(fed[0], inputs)
     assert torch.equal(pred.targets, targets)
     assert pred.logits.shape == (4, 128, wikitext.vocab_size)
+
+
+def test_training_computes_the_head_only_at_masked_positions_with_the_same_loss_and_gradients(wikitext) -> None:
+    torch.manual_seed(0)
+    model, window = masked_lm(wikitext), wikitext.windows(128)[:4]
+    heads = []
+    model.model.head.register_forward_hook(lambda _, args, out: heads.append(out.shape))
+    losses, grads = [], []
+    for training in (True, False):
+        model.train(training)
+        model.zero_grad()
+        pred = model(window, torch.Generator().manual_seed(3))
+        loss = torch.nn.functional.cross_entropy(
+            pred.logits.flatten(0, 1), pred.targets.flatten(), ignore_index=IGNORE_INDEX
+        )
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    _, targets = mask(model, window, seed=3)
+    masked = int((targets != IGNORE_INDEX).sum())
+    assert 0 < masked < 0.25 * targets.numel()
+    assert heads == [(masked, wikitext.vocab_size), (4, 128, wikitext.vocab_size)]  # training: masked rows only
+    assert torch.allclose(losses[0], losses[1], atol=1e-6)
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
 
 
 @pytest.mark.parametrize(
