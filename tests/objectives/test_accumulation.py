@@ -36,7 +36,9 @@ def fair(objective: type[PretrainingObjective]) -> type[PretrainingObjective]:
                 super(Fair, self).forward(w, self.batch_generator("train", i, w.device))
                 for i, w in enumerate(window.split(MICRO))
             ]
-            return Prediction(torch.cat([c.logits for c in chunks]), torch.cat([c.targets for c in chunks]))
+            # One row of every scored position (the masked LM's training prediction is already one such row).
+            logits = torch.cat([c.logits.flatten(0, 1) for c in chunks])
+            return Prediction(logits[None], torch.cat([c.targets.flatten() for c in chunks])[None])
 
         def configure_optimizers(self) -> Any:
             return torch.optim.SGD(self.parameters(), lr=1.0)
