@@ -13,15 +13,27 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from itertools import compress
+
 import numpy as np
 
 from lmpre import __version__
 from lmpre.data.cache import build_once, describe, describe_files, key_of, sha256_file
-from lmpre.data.curate import EXAMPLE_CHARS, EXAMPLES, Curation, curate, exact_keys, read_documents, signatures
+from lmpre.data.curate import (
+    EXAMPLE_CHARS,
+    EXAMPLES,
+    Curation,
+    curate,
+    exact_keys,
+    has_tokens,
+    read_documents,
+    read_tokenized,
+    signatures,
+)
 from lmpre.data.dedup import Deduplication
 from lmpre.data.document import SPLITS
 from lmpre.data.filters import Filter
-from lmpre.data.shards import CHUNK_TOKENS, token_dtype, write_token_shards
+from lmpre.data.shards import CHUNK_TOKENS, token_dtype, tokenize, write_token_shards
 from lmpre.data.sources import Source
 from lmpre.data.tokenizer import TokenizerSpec, build_tokenizer, special_token_ids
 from lmpre.errors import DataError
@@ -61,8 +73,10 @@ class DataRecipe:
         self.tokenizer.check()
 
     def curation(self) -> Curation:
+        """What the workers do to each document; they tokenize it too when the tokenizer is not trained on them."""
         minhash = self.dedup.minhasher() if self.dedup else None
-        return Curation(self.filters, minhash, dedup=self.dedup is not None)
+        tokenizer = build_tokenizer(self.tokenizer, ()) if self.tokenizer.kind != "bpe" else None
+        return Curation(self.filters, minhash, dedup=self.dedup is not None, tokenizer=tokenizer)
 
 
 def prepare_dataset(
@@ -140,7 +154,7 @@ def _describe_tokenizer(spec: TokenizerSpec) -> dict[str, Any]:
 
 def _documents_stage(source: Source, recipe: DataRecipe, cache_dir: Path, workers: int) -> Path:
     """The documents of one source, built once per source, settings and file contents: every preparation and
-    mixture that names the same source reuses them."""
+    mixture that names the same source reuses them (with a given tokenizer, every one with that tokenizer)."""
     curation = recipe.curation()
     settings = {
         "source": source.settings(),
@@ -148,6 +162,7 @@ def _documents_stage(source: Source, recipe: DataRecipe, cache_dir: Path, worker
         "filters": [describe(f) for f in curation.filters],
         "minhash": describe(curation.minhash) if curation.minhash else None,
         "dedup": curation.dedup,
+        "tokenizer": _describe_tokenizer(recipe.tokenizer) if curation.tokenizer else None,
         "pipeline_version": PIPELINE_VERSION,
     }
     stage = cache_dir / "documents" / f"{source.name}-{key_of(settings)}"
@@ -172,7 +187,11 @@ def _build(out: Path, recipe: DataRecipe, stages: dict[str, Path], key: str, set
         splits = {}
         for split in SPLITS:
             mask = keep[name][split]
-            splits[split] = write_token_shards(read_documents(stage, split), mask, out / name / split, tokenizer)
+            if has_tokens(stage):  # tokenized by the workers, with this tokenizer (it is in the stage's key)
+                documents = compress(read_tokenized(stage, split, token_dtype(tokenizer.get_vocab_size())), mask)
+            else:
+                documents = tokenize(compress(read_documents(stage, split), mask), tokenizer)
+            splits[split] = write_token_shards(documents, out / name / split)
             counts[f"removed.dedup.{split}"] = int((~mask).sum())
             _add_examples(reports[name]["removed_examples"], stage, split, dropped.get(name, {}).get(split, {}))
         sources[name] = {
