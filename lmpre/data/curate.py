@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 from collections import Counter, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -33,7 +33,7 @@ from lmpre.data.dedup import MinHasher, exact_key
 from lmpre.data.document import SPLITS, Document, holdout_split
 from lmpre.data.filters import Filter, run_filters
 from lmpre.data.shards import TokenizedDocument, encode_documents
-from lmpre.data.sources import Source
+from lmpre.data.sources import Source, WorkUnit
 from lmpre.errors import DataError
 
 BATCH_BYTES = 2**20  # text per task sent to a worker: large enough to amortise pickling, small for memory
@@ -109,8 +109,9 @@ def exact_keys(stage_dir: Path, split: str) -> list[bytes]:
     return [data[i : i + 16] for i in range(0, len(data), 16)]
 
 
-def curate(source: Source, curation: Curation, out: Path, workers: int) -> dict[str, Any]:
-    """Write the documents stage of `source` into `out`; returns its report (counts per split and reason)."""
+def curate(source: Source, curation: Curation, out: Path, workers: int, files: Collection[Path]) -> dict[str, Any]:
+    """Write the documents stage of `files` of `source` into `out`; returns its report (counts per split and
+    reason)."""
     stats: Counter[str] = Counter()
     removed: dict[str, list[dict[str, str]]] = {}
     texts: dict[str, IO[str]] = {}
@@ -124,7 +125,8 @@ def curate(source: Source, curation: Curation, out: Path, workers: int) -> dict[
                 keys[f"{split}.{suffix}"] = stack.enter_context((out / f"{split}.{suffix}").open("wb"))
         progress = stack.enter_context(_progress())
         task = progress.add_task(source.name, documents=0, mb=0.0, speed=0.0)
-        for result in _process(source, curation, workers, stats):
+        units = [unit for unit in source.work_units() if Path(unit.path) in files]
+        for result in _process(source, curation, units, workers, stats):
             stats.update(result.stats)
             elapsed = progress.tasks[0].elapsed or 1e-9
             megabytes = stats["read.bytes"] / 1e6
@@ -143,12 +145,16 @@ def curate(source: Source, curation: Curation, out: Path, workers: int) -> dict[
                     keys[f"{doc.split}.tokens"].write(doc.tokens.tobytes())
                     spans = np.array([len(doc.tokens), len(doc.text.encode())], np.int64)
                     keys[f"{doc.split}.spans"].write(spans.tobytes())
-    if not any(stats[f"kept.{split}.documents"] for split in SPLITS):
+    return {"counts": dict(sorted(stats.items())), "removed_examples": removed}
+
+
+def check_kept(source: Source, counts: Counter[str]) -> None:
+    """`counts`, of all the source's documents stages, keep some document; or a DataError that shows them."""
+    if not any(counts[f"kept.{split}.documents"] for split in SPLITS):
         raise DataError(
-            f"{source.setting} yields no document ({_summary(stats)}): point data.source at files with text, "
+            f"{source.setting} yields no document ({_summary(counts)}): point data.source at files with text, "
             "or relax the filters that removed everything (see the counts)."
         )
-    return {"counts": dict(sorted(stats.items())), "removed_examples": removed}
 
 
 def _progress() -> Progress:
@@ -167,9 +173,11 @@ def _summary(stats: Counter[str]) -> str:
     return ", ".join(parts) or "no input"
 
 
-def _process(source: Source, curation: Curation, workers: int, stats: Counter[str]) -> Iterator[BatchResult]:
-    """Batches of `source`'s documents through `_curate_batch`, in order: in `workers` processes, or inline."""
-    batches = _batches(source, stats)
+def _process(
+    source: Source, curation: Curation, units: list[WorkUnit], workers: int, stats: Counter[str]
+) -> Iterator[BatchResult]:
+    """Batches of the documents of `units` through `_curate_batch`, in order: in `workers` processes, or inline."""
+    batches = _batches(source, units, stats)
     if workers <= 1:
         _init_worker(source, curation)
         yield from map(_curate_batch, batches)
@@ -194,10 +202,10 @@ def _process(source: Source, curation: Curation, workers: int, stats: Counter[st
         ) from err
 
 
-def _batches(source: Source, stats: Counter[str]) -> Iterator[list[Document]]:
+def _batches(source: Source, units: list[WorkUnit], stats: Counter[str]) -> Iterator[list[Document]]:
     batch: list[Document] = []
     size = 0
-    for unit in source.work_units():
+    for unit in units:
         for document in source.read(unit, stats):
             batch.append(document)
             size += len(document.text)

@@ -54,7 +54,7 @@ def tokenize(texts: Iterable[str], tokenizer: Tokenizer) -> Iterator[TokenizedDo
 def write_token_shards(documents: Iterable[TokenizedDocument], out_dir: Path) -> dict[str, int]:
     """Write the tokenized `documents` in order into litdata chunks under `out_dir`; returns the documents, UTF-8
     bytes (the denominator of bits per byte) and tokens written."""
-    out_dir.mkdir(parents=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
     writer = BinaryWriter(str(out_dir), chunk_size=CHUNK_TOKENS, item_loader=TokensLoader())
     # One writer in one process, even when DDP ranks exist (prepare_data runs on one of them): otherwise the
     # writer takes the process group's world size and waits forever for the other ranks' index files.

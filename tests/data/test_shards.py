@@ -21,7 +21,7 @@ def encoded_stream(tokenizer: Tokenizer, texts: list[str]) -> np.ndarray:
 
 def test_shards_hold_every_kept_document_then_end_of_text(prepared_wikitext: Path) -> None:
     manifest = read_manifest(prepared_wikitext)
-    stage = Path(manifest["sources"]["corpus"]["documents_stage"])
+    stage = Path(manifest["sources"]["corpus"]["documents_stages"]["val"])
     tokenizer = Tokenizer.from_file(str(prepared_wikitext / TOKENIZER))
     expected = encoded_stream(tokenizer, list(read_documents(stage, "val")))
     window = 1000
@@ -36,7 +36,7 @@ def test_windows_stay_inside_chunks_and_each_chunk_drops_its_tail(
     prepared_wikitext: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(shards_module, "CHUNK_TOKENS", 5_000)  # several chunks
-    stage = Path(read_manifest(prepared_wikitext)["sources"]["corpus"]["documents_stage"])
+    stage = Path(read_manifest(prepared_wikitext)["sources"]["corpus"]["documents_stages"]["val"])
     tokenizer = Tokenizer.from_file(str(prepared_wikitext / TOKENIZER))
     texts = list(read_documents(stage, "val"))
     keep = [i % 3 != 1 for i in range(len(texts))]  # deduplication's mask: the dropped ones are not written
@@ -65,7 +65,7 @@ def test_windows_stay_inside_chunks_and_each_chunk_drops_its_tail(
 
 
 def test_a_batch_is_encoded_as_each_document_alone(prepared_wikitext: Path) -> None:
-    stage = Path(read_manifest(prepared_wikitext)["sources"]["corpus"]["documents_stage"])
+    stage = Path(read_manifest(prepared_wikitext)["sources"]["corpus"]["documents_stages"]["val"])
     tokenizer = Tokenizer.from_file(str(prepared_wikitext / TOKENIZER))
     texts = [*list(read_documents(stage, "val"))[:3], ""]
     encoded = encode_documents(texts, tokenizer)
