@@ -93,15 +93,12 @@ def has_tokens(stage_dir: Path) -> bool:
 
 
 def read_tokenized(stage_dir: Path, split: str, dtype: np.dtype) -> Iterator[TokenizedDocument]:
-    """The tokens and UTF-8 bytes of each document of one split of a stage that `has_tokens`, in order; the tokens
-    are views of a memory map, so reading them costs no RAM."""
+    """The tokens and UTF-8 bytes of each document of one split of a stage that `has_tokens`, in order. Read one
+    document at a time, not memory-mapped: mapped pages would count in the process's memory as the corpus grows."""
     spans = np.fromfile(stage_dir / f"{split}.spans", np.int64).reshape(-1, 2)  # (tokens, bytes) per document
-    if len(spans) == 0:
-        return
-    tokens = np.memmap(stage_dir / f"{split}.tokens", dtype, mode="r")
-    ends = np.cumsum(spans[:, 0])
-    for end, (count, size) in zip(ends.tolist(), spans.tolist(), strict=True):
-        yield tokens[end - count : end], size
+    with (stage_dir / f"{split}.tokens").open("rb") as file:
+        for count, size in spans.tolist():
+            yield np.fromfile(file, dtype, count), size
 
 
 def exact_keys(stage_dir: Path, split: str) -> list[bytes]:
