@@ -36,13 +36,15 @@ from lmpre.data.curate import (
     check_kept,
     curate,
     exact_keys,
+    has_tokens,
     read_documents,
+    read_tokenized,
     signatures,
 )
 from lmpre.data.dedup import Deduplication
 from lmpre.data.document import SPLITS
 from lmpre.data.filters import Filter
-from lmpre.data.shards import CHUNK_TOKENS, token_dtype, tokenize, write_token_shards
+from lmpre.data.shards import CHUNK_TOKENS, TokenizedDocument, token_dtype, tokenize, write_token_shards
 from lmpre.data.sources import Source
 from lmpre.data.tokenizer import TokenizerSpec, build_tokenizer, special_token_ids
 from lmpre.errors import DataError
@@ -84,8 +86,10 @@ class DataRecipe:
         self.tokenizer.check()
 
     def curation(self) -> Curation:
+        """What the workers do to each document; they tokenize it too when the tokenizer is not trained on them."""
         minhash = self.dedup.minhasher() if self.dedup else None
-        return Curation(self.filters, minhash, dedup=self.dedup is not None)
+        tokenizer = build_tokenizer(self.tokenizer, ()) if self.tokenizer.kind != "bpe" else None
+        return Curation(self.filters, minhash, dedup=self.dedup is not None, tokenizer=tokenizer)
 
 
 def prepare_dataset(
@@ -180,7 +184,8 @@ def _documents_stage(
     source: Source, recipe: DataRecipe, cache_dir: Path, workers: int, group: str, files: list[Path]
 ) -> Path:
     """The documents of `files` of one source (the split `group`, or every split when ""), built once per source,
-    settings and file contents: every preparation and mixture that names the same source reuses them."""
+    settings and file contents: every preparation and mixture that names the same source reuses them (with a given
+    tokenizer, every one with that tokenizer)."""
     curation = recipe.curation()
     settings = {
         "source": source.settings(),
@@ -189,6 +194,7 @@ def _documents_stage(
         "filters": [describe(f) for f in curation.filters],
         "minhash": describe(curation.minhash) if curation.minhash else None,
         "dedup": curation.dedup,
+        "tokenizer": _describe_tokenizer(recipe.tokenizer) if curation.tokenizer else None,
         "pipeline_version": PIPELINE_VERSION,
     }
     stage = cache_dir / "documents" / "-".join(filter(None, (source.name, group, key_of(settings))))
@@ -321,8 +327,12 @@ def _shards_stage(
     target = cache_dir / "shards" / f"{name}-{split}-{key_of(settings)}"
 
     def build(out: Path) -> None:
-        texts = compress(read_documents(stage, split), mask) if stage is not None else iter(())
-        documents = tokenize(texts, tokenizer)
+        if stage is None:
+            documents: Iterator[TokenizedDocument] = iter(())
+        elif has_tokens(stage):  # tokenized by the workers, with this tokenizer (it is in the stage's key)
+            documents = compress(read_tokenized(stage, split, token_dtype(tokenizer.get_vocab_size())), mask)
+        else:
+            documents = tokenize(compress(read_documents(stage, split), mask), tokenizer)
         (out / SHARDS).write_text(json.dumps(write_token_shards(documents, out)))
 
     build_once(target, cache_dir / "locks", lambda path: (path / SHARDS).is_file(), build)

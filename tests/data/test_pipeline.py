@@ -15,7 +15,7 @@ import pytest
 from lmpre.data import DataRecipe, TokenizerSpec, prepare_dataset, read_manifest
 from lmpre.data import pipeline as pipeline_module
 from lmpre.data.cache import sha256_file
-from lmpre.data.curate import read_documents
+from lmpre.data.curate import has_tokens, read_documents
 from lmpre.data.dedup import Deduplication
 from lmpre.data.filters import Normalize
 from lmpre.data.pipeline import MANIFEST, STAGE, TOKENIZER
@@ -79,6 +79,22 @@ def test_same_recipe_reuses_and_a_new_vocabulary_reuses_the_documents(recipe: Da
     assert read_manifest(other)["tokenizer"]["vocab_size"] == 380
     assert (stage / STAGE).stat().st_mtime_ns == staged_at  # the documents stage was reused, not rebuilt
     assert (first / MANIFEST).stat().st_mtime_ns == built_at
+
+
+def test_a_given_tokenizer_tokenizes_in_the_workers_and_writes_the_same_shards(
+    recipe: DataRecipe, tmp_path: Path
+) -> None:
+    trained = prepare_dataset(recipe, tmp_path / "cache")
+    given = replace(recipe, tokenizer=TokenizerSpec(kind="file", path=str(trained / TOKENIZER)))
+    for workers in (1, 2):
+        prepared = prepare_dataset(given, tmp_path / f"given-{workers}", workers=workers)
+        stage = Path(read_manifest(prepared)["sources"]["wiki"]["documents_stages"]["train"])
+        assert has_tokens(stage)
+        for split in ("train", "val", "test"):
+            for chunk in (trained / "wiki" / split).glob("*.bin"):
+                assert (prepared / "wiki" / split / chunk.name).read_bytes() == chunk.read_bytes()
+            assert read_manifest(prepared)["splits"][split] == read_manifest(trained)["splits"][split]
+    assert not has_tokens(Path(read_manifest(trained)["sources"]["wiki"]["documents_stages"]["train"]))
 
 
 @pytest.fixture
