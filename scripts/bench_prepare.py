@@ -3,6 +3,7 @@ Gopher quality and repetition filters, exact + near dedup, BPE, shards) against 
 each in a fresh process, at 1x (25 MB of text: all of it once) and 10x (250 MB).
 
     python scripts/bench_prepare.py --scale 1 10 [--workdir /tmp/lmpre-bench-prepare] [--shared ../shared/data]
+        [--bpe-in-pipeline]
 
 The text is real: the 20 Project Gutenberg books (license header and footer stripped) and WikiText-2 raw from
 ../shared/data, cut into paragraphs. Replica r re-assembles documents from those paragraphs in an order shuffled
@@ -13,10 +14,15 @@ unique id line per copy would not do: the copies would stay near duplicates and 
 would shuffling paragraphs inside each document: word 5-grams sit inside paragraphs, so the copies stay near
 duplicates.) The report prints how many documents dedup removed at each point, so this can be checked.
 
-Per point, in one run: (a) `prepare_dataset` with the recipe of `data=jsonl` (conf/data/jsonl.yaml: normalize,
-gopher_quality, gopher_repetition, dedup; BPE of --vocab-size), MB/s of input text over the whole call; (b) the BPE
-that (a) trained, `Tokenizer.encode_batch` over the same texts in batches of 512 documents, MB/s of encoding time
-(reading the file not counted), and for reference `encode_batch_fast` (no offsets), which lmpre's shards call.
+Per point, in one run: (a) the BPE of --vocab-size trained on the corpus (at most 256 MiB of it, as
+`data.tokenizer.kind=bpe` would), its time on a line of its own; (b) `prepare_dataset` with the recipe of
+`data=jsonl` (conf/data/jsonl.yaml: normalize, gopher_quality, gopher_repetition, exact + near dedup) given that
+tokenizer (`data.tokenizer.kind=file`), MB/s of input text over the whole call; (c) the same tokenizer's
+`Tokenizer.encode_batch` over the same texts in batches of 512 documents, MB/s of encoding time (reading the file
+not counted), and for reference `encode_batch_fast` (no offsets, which lmpre calls) on the same batch right after
+(its cache warm, so a little flattered). The issue's pipeline is "cleaning, dedup, tokenizing, writing": training a
+tokenizer is not in it, so (b) gets a trained one. With --bpe-in-pipeline, (a) is skipped and (b) trains the BPE
+itself (`kind=bpe`, as data=jsonl does by default): the ratio then counts the training too.
 Peak memory: each child's own peak RSS (`ru_maxrss`), its workers' largest, and the process tree's peak PSS,
 sampled from /proc every 0.2 s (PSS counts pages shared by forked workers once).
 Targets: pipeline MB/s >= 0.7 x tokenizer MB/s; peak memory at 10x <= 1.2 x that at 1x.
@@ -99,7 +105,24 @@ def write_corpus(path: Path, pools: tuple[list[str], list[str]], scale: int) -> 
 # --- the children: one measurement each, in a fresh process -------------------------------------------------------
 
 
-def child_pipeline(corpus: Path, out: Path, vocab_size: int) -> dict[str, Any]:
+def child_bpe(corpus: Path, out: Path, vocab_size: int) -> dict[str, Any]:
+    from lmpre.data import TokenizerSpec
+    from lmpre.data.tokenizer import build_tokenizer
+
+    def texts() -> Any:
+        with corpus.open(encoding="utf-8") as file:
+            for line in file:
+                yield json.loads(line)["text"]
+
+    start = time.perf_counter()
+    tokenizer = build_tokenizer(TokenizerSpec(kind="bpe", vocab_size=vocab_size), texts())
+    seconds = time.perf_counter() - start
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(out / "tokenizer.json"))
+    return {"seconds": seconds, "tokenizer": str(out / "tokenizer.json")}
+
+
+def child_pipeline(corpus: Path, out: Path, vocab_size: int, tokenizer: str | None) -> dict[str, Any]:
     from hydra import compose, initialize_config_module
     from hydra.utils import instantiate
 
@@ -112,7 +135,7 @@ def child_pipeline(corpus: Path, out: Path, vocab_size: int) -> dict[str, Any]:
         sources={"corpus": instantiate(data.sources.corpus, path=str(corpus))},
         filters=[instantiate(f) for f in data.filters.values() if f is not None],
         dedup=instantiate(data.dedup),
-        tokenizer=TokenizerSpec(kind="bpe", vocab_size=vocab_size),
+        tokenizer=TokenizerSpec(kind="file", path=tokenizer) if tokenizer else TokenizerSpec(vocab_size=vocab_size),
     )
     stages: Counter[str] = Counter()  # seconds per stage, timed around the pipeline's own functions
     for name in ("curate", "_deduplicate", "build_tokenizer", "write_token_shards"):
@@ -177,12 +200,16 @@ def child_tokenizer(corpus: Path, tokenizer_path: Path) -> dict[str, Any]:
 
 
 def child_main(args: argparse.Namespace) -> None:
-    if args.child == "pipeline":
-        result = child_pipeline(Path(args.corpus), Path(args.out), args.vocab_size)
+    if args.child == "bpe":
+        result = child_bpe(Path(args.corpus), Path(args.out), args.vocab_size)
+    elif args.child == "pipeline":
+        result = child_pipeline(Path(args.corpus), Path(args.out), args.vocab_size, args.tokenizer)
     else:
         result = child_tokenizer(Path(args.corpus), Path(args.tokenizer))
-    result["maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    result["children_maxrss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    own, workers = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    result["maxrss_mb"] = own.ru_maxrss / 1024
+    result["children_maxrss_mb"] = workers.ru_maxrss / 1024
+    result["cpu_seconds"] = own.ru_utime + own.ru_stime + workers.ru_utime + workers.ru_stime
     print("RESULT " + json.dumps(result))
 
 
@@ -242,7 +269,9 @@ def run_child(*arguments: str) -> dict[str, Any]:
     return result
 
 
-def measure(scale: int, pools: tuple[list[str], list[str]], workdir: Path, vocab_size: int) -> dict[str, Any]:
+def measure(
+    scale: int, pools: tuple[list[str], list[str]], workdir: Path, vocab_size: int, bpe_in_pipeline: bool
+) -> dict[str, Any]:
     point = workdir / f"{scale}x"
     shutil.rmtree(point, ignore_errors=True)
     corpus = point / "corpus" / "corpus.jsonl"
@@ -254,7 +283,13 @@ def measure(scale: int, pools: tuple[list[str], list[str]], workdir: Path, vocab
         flush=True,
     )
     common = ["--corpus", str(corpus), "--vocab-size", str(vocab_size)]
-    pipeline = run_child("--child", "pipeline", *common, "--out", str(point))
+    bpe = None
+    given: list[str] = []
+    if not bpe_in_pipeline:
+        bpe = run_child("--child", "bpe", *common, "--out", str(point / "bpe"))
+        print(f"[{scale}x] BPE training (not in the pipeline's time): {bpe['seconds']:.1f} s", flush=True)
+        given = ["--tokenizer", bpe["tokenizer"]]
+    pipeline = run_child("--child", "pipeline", *common, "--out", str(point), *given)
     print(f"[{scale}x] pipeline: {pipeline['seconds']:.1f} s", flush=True)
     tokenizer = run_child("--child", "tokenizer", *common, "--tokenizer", pipeline["tokenizer"])
     print(
@@ -263,7 +298,7 @@ def measure(scale: int, pools: tuple[list[str], list[str]], workdir: Path, vocab
         flush=True,
     )
     assert tokenizer["text_bytes"] == facts["text_bytes"]
-    return {"scale": scale, **facts, "pipeline": pipeline, "tokenizer": tokenizer}
+    return {"scale": scale, **facts, "bpe": bpe, "pipeline": pipeline, "tokenizer": tokenizer}
 
 
 def report(points: list[dict[str, Any]]) -> None:
@@ -290,6 +325,12 @@ def report(points: list[dict[str, Any]]) -> None:
     for p in points:
         stages = ", ".join(f"{name.lstrip('_')} {s:.1f} s" for name, s in p["pipeline"]["stages"].items())
         print(f"{p['scale']}x pipeline stages: {stages}; removed: {p['pipeline']['removed']}")
+        print(
+            f"{p['scale']}x CPU s (user + system, workers included): pipeline {p['pipeline']['cpu_seconds']:.1f}, "
+            f"tokenizer child {p['tokenizer']['cpu_seconds']:.1f} (it runs encode_batch and encode_batch_fast)"
+        )
+        if p["bpe"]:
+            print(f"{p['scale']}x BPE training, before and outside the pipeline: {p['bpe']['seconds']:.1f} s")
     print("target ratio >= 0.7: " + ", ".join(f"{p['scale']}x {_ratio(p)}" for p in points))
     if len(points) > 1:
         first, last = points[0], points[-1]
@@ -312,7 +353,10 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/lmpre-bench-prepare"))
     parser.add_argument("--shared", type=Path, default=SHARED, help="the shared corpora (default: ../shared/data)")
     parser.add_argument("--vocab-size", type=int, default=8192, help="BPE vocabulary (data=jsonl's default)")
-    parser.add_argument("--child", choices=["pipeline", "tokenizer"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--bpe-in-pipeline", action="store_true", help="the pipeline trains its BPE (kind=bpe) inside its time"
+    )
+    parser.add_argument("--child", choices=["bpe", "pipeline", "tokenizer"], help=argparse.SUPPRESS)
     parser.add_argument("--corpus", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--tokenizer", help=argparse.SUPPRESS)
@@ -322,7 +366,8 @@ def main() -> None:
         return
     pools = paragraphs(args.shared)
     print(f"{len(pools[0]):,} book paragraphs, {len(pools[1]):,} wiki paragraphs from {args.shared}", flush=True)
-    points = [measure(scale, pools, args.workdir.expanduser().resolve(), args.vocab_size) for scale in args.scale]
+    workdir = args.workdir.expanduser().resolve()
+    points = [measure(scale, pools, workdir, args.vocab_size, args.bpe_in_pipeline) for scale in args.scale]
     report(points)
 
 

@@ -1,6 +1,10 @@
 """The documents stage: a source read once, cleaned, held out, filtered and fingerprinted for deduplication in
 worker processes, and written as one JSON line per document and split. Everything after it (deduplication,
-tokenizer, shards) reads these files, never the raw ones."""
+tokenizer, shards) reads these files, never the raw ones.
+
+When the tokenizer is known before the documents (a given one, not a BPE trained on them), the workers tokenize
+the documents they keep too: tokenizing then runs in parallel with cleaning, not after it, and the shards are
+copied from the stage's token files."""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import os
 import signal
 import sys
 from collections import Counter, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -20,13 +24,16 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+from numpy.typing import NDArray
 from rich.console import Console
 from rich.progress import Progress, TextColumn, TimeElapsedColumn
+from tokenizers import Tokenizer
 
 from lmpre.data.dedup import MinHasher, exact_key
 from lmpre.data.document import SPLITS, Document, holdout_split
 from lmpre.data.filters import Filter, run_filters
-from lmpre.data.sources import Source
+from lmpre.data.shards import TokenizedDocument, encode_documents
+from lmpre.data.sources import Source, WorkUnit
 from lmpre.errors import DataError
 
 BATCH_BYTES = 2**20  # text per task sent to a worker: large enough to amortise pickling, small for memory
@@ -41,6 +48,7 @@ class Curation:
     filters: Sequence[Filter] = ()
     minhash: MinHasher | None = None  # signatures for near-duplicate removal; None: exact duplicates only
     dedup: bool = True  # compute the keys the deduplication pass needs
+    tokenizer: Tokenizer | None = None  # tokenize the kept documents too (a tokenizer known in advance)
 
 
 @dataclass
@@ -50,6 +58,7 @@ class Kept:
     text: str
     exact: bytes | None
     signature: np.ndarray | None
+    tokens: NDArray[np.integer] | None = None  # ended by <|endoftext|>
 
 
 @dataclass
@@ -78,25 +87,43 @@ def signatures(stage_dir: Path, split: str, num_perm: int) -> np.ndarray:
     return np.memmap(path, np.uint32, mode="r").reshape(-1, num_perm)
 
 
+def has_tokens(stage_dir: Path) -> bool:
+    """Whether the workers tokenized the documents of this stage."""
+    return (stage_dir / "train.tokens").is_file()
+
+
+def read_tokenized(stage_dir: Path, split: str, dtype: np.dtype) -> Iterator[TokenizedDocument]:
+    """The tokens and UTF-8 bytes of each document of one split of a stage that `has_tokens`, in order. Read one
+    document at a time, not memory-mapped: mapped pages would count in the process's memory as the corpus grows."""
+    spans = np.fromfile(stage_dir / f"{split}.spans", np.int64).reshape(-1, 2)  # (tokens, bytes) per document
+    with (stage_dir / f"{split}.tokens").open("rb") as file:
+        for count, size in spans.tolist():
+            yield np.fromfile(file, dtype, count), size
+
+
 def exact_keys(stage_dir: Path, split: str) -> list[bytes]:
     data = (stage_dir / f"{split}.exact").read_bytes()
     return [data[i : i + 16] for i in range(0, len(data), 16)]
 
 
-def curate(source: Source, curation: Curation, out: Path, workers: int) -> dict[str, Any]:
-    """Write the documents stage of `source` into `out`; returns its report (counts per split and reason)."""
+def curate(source: Source, curation: Curation, out: Path, workers: int, files: Collection[Path]) -> dict[str, Any]:
+    """Write the documents stage of `files` of `source` into `out`; returns its report (counts per split and
+    reason)."""
     stats: Counter[str] = Counter()
     removed: dict[str, list[dict[str, str]]] = {}
     texts: dict[str, IO[str]] = {}
-    keys: dict[str, IO[bytes]] = {}  # exact keys, then signatures: fixed-size records, row i for document i
+    # Exact keys, signatures, (tokens, bytes) spans: fixed-size records, row i for document i; tokens: a stream.
+    keys: dict[str, IO[bytes]] = {}
+    suffixes = ["exact", "minhash", *(["tokens", "spans"] if curation.tokenizer else [])]
     with contextlib.ExitStack() as stack:
         for split in SPLITS:
             texts[split] = stack.enter_context(documents_path(out, split).open("w", encoding="utf-8"))
-            keys[f"{split}.exact"] = stack.enter_context((out / f"{split}.exact").open("wb"))
-            keys[f"{split}.minhash"] = stack.enter_context((out / f"{split}.minhash").open("wb"))
+            for suffix in suffixes:
+                keys[f"{split}.{suffix}"] = stack.enter_context((out / f"{split}.{suffix}").open("wb"))
         progress = stack.enter_context(_progress())
         task = progress.add_task(source.name, documents=0, mb=0.0, speed=0.0)
-        for result in _process(source, curation, workers, stats):
+        units = [unit for unit in source.work_units() if Path(unit.path) in files]
+        for result in _process(source, curation, units, workers, stats):
             stats.update(result.stats)
             elapsed = progress.tasks[0].elapsed or 1e-9
             megabytes = stats["read.bytes"] / 1e6
@@ -111,12 +138,20 @@ def curate(source: Source, curation: Curation, out: Path, workers: int) -> dict[
                     keys[f"{doc.split}.exact"].write(doc.exact)
                 if doc.signature is not None:
                     keys[f"{doc.split}.minhash"].write(doc.signature.astype(np.uint32).tobytes())
-    if not any(stats[f"kept.{split}.documents"] for split in SPLITS):
+                if doc.tokens is not None:
+                    keys[f"{doc.split}.tokens"].write(doc.tokens.tobytes())
+                    spans = np.array([len(doc.tokens), len(doc.text.encode())], np.int64)
+                    keys[f"{doc.split}.spans"].write(spans.tobytes())
+    return {"counts": dict(sorted(stats.items())), "removed_examples": removed}
+
+
+def check_kept(source: Source, counts: Counter[str]) -> None:
+    """`counts`, of all the source's documents stages, keep some document; or a DataError that shows them."""
+    if not any(counts[f"kept.{split}.documents"] for split in SPLITS):
         raise DataError(
-            f"{source.setting} yields no document ({_summary(stats)}): point data.source at files with text, "
+            f"{source.setting} yields no document ({_summary(counts)}): point data.source at files with text, "
             "or relax the filters that removed everything (see the counts)."
         )
-    return {"counts": dict(sorted(stats.items())), "removed_examples": removed}
 
 
 def _progress() -> Progress:
@@ -135,9 +170,11 @@ def _summary(stats: Counter[str]) -> str:
     return ", ".join(parts) or "no input"
 
 
-def _process(source: Source, curation: Curation, workers: int, stats: Counter[str]) -> Iterator[BatchResult]:
-    """Batches of `source`'s documents through `_curate_batch`, in order: in `workers` processes, or inline."""
-    batches = _batches(source, stats)
+def _process(
+    source: Source, curation: Curation, units: list[WorkUnit], workers: int, stats: Counter[str]
+) -> Iterator[BatchResult]:
+    """Batches of the documents of `units` through `_curate_batch`, in order: in `workers` processes, or inline."""
+    batches = _batches(source, units, stats)
     if workers <= 1:
         _init_worker(source, curation)
         yield from map(_curate_batch, batches)
@@ -162,10 +199,10 @@ def _process(source: Source, curation: Curation, workers: int, stats: Counter[st
         ) from err
 
 
-def _batches(source: Source, stats: Counter[str]) -> Iterator[list[Document]]:
+def _batches(source: Source, units: list[WorkUnit], stats: Counter[str]) -> Iterator[list[Document]]:
     batch: list[Document] = []
     size = 0
-    for unit in source.work_units():
+    for unit in units:
         for document in source.read(unit, stats):
             batch.append(document)
             size += len(document.text)
@@ -186,8 +223,10 @@ def _init_worker(source: Source, curation: Curation) -> None:
 
 def _init_worker_process(source: Source, curation: Curation) -> None:
     """A worker process dies with its parent (a killed preparation takes its workers with it) and leaves Ctrl-C to
-    the parent, which stops the pool. Never called in the parent: that would ignore Ctrl-C there for good."""
+    the parent, which stops the pool. Never called in the parent: that would ignore Ctrl-C there for good.
+    The processes are the parallelism: the tokenizer's own threads would only compete with them."""
     _init_worker(source, curation)
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
     if sys.platform == "linux":
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         if os.getppid() == 1:  # the parent died before prctl took effect
@@ -217,4 +256,8 @@ def _curate_batch(documents: list[Document]) -> BatchResult:
         exact = exact_key(text) if curation.dedup else None
         signature = curation.minhash.signature(text) if curation.dedup and curation.minhash else None
         result.kept.append(Kept(split, cleaned.id, text, exact, signature))
+    if curation.tokenizer is not None:
+        encoded = encode_documents([doc.text for doc in result.kept], curation.tokenizer)
+        for doc, tokens in zip(result.kept, encoded, strict=True):
+            doc.tokens = tokens
     return result

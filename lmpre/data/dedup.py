@@ -44,8 +44,11 @@ def char_classes() -> NDArray[np.uint8]:
     return classes
 
 
+@functools.lru_cache(maxsize=1)
 def canonical_codepoints(text: str) -> tuple[NDArray[np.uint32], NDArray[np.bool_]]:
-    """The code points of `text` casefolded and without punctuation, and which of them are whitespace."""
+    """The code points of `text` casefolded and without punctuation, and which of them are whitespace. The last
+    text's are kept: the exact key and the MinHash signature of a document read them from one computation (callers
+    must not change the arrays)."""
     codepoints = np.frombuffer(text.casefold().encode("utf-32-le", "surrogatepass"), np.uint32)
     classes = char_classes()[codepoints]
     kept = classes != PUNCTUATION

@@ -18,9 +18,10 @@ def test_bundled_corpora_are_the_official_files_with_their_license() -> None:
 
 
 def test_wiki_splits_share_no_article(wiki_data: TokenDataModule) -> None:
-    [stage] = [Path(facts["documents_stage"]) for facts in wiki_data.manifest["sources"].values()]
+    [stages] = [facts["documents_stages"] for facts in wiki_data.manifest["sources"].values()]
     titles = {
-        split: [text.split("\n", 1)[0] for text in read_documents(stage, split)] for split in ("train", "val", "test")
+        split: [text.split("\n", 1)[0] for text in read_documents(Path(stages[split]), split)]
+        for split in ("train", "val", "test")
     }
     assert len(titles["train"]) > 100
     assert len(titles["val"]) >= 3

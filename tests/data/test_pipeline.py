@@ -15,7 +15,7 @@ import pytest
 from lmpre.data import DataRecipe, TokenizerSpec, prepare_dataset, read_manifest
 from lmpre.data import pipeline as pipeline_module
 from lmpre.data.cache import sha256_file
-from lmpre.data.curate import read_documents
+from lmpre.data.curate import has_tokens, read_documents
 from lmpre.data.dedup import Deduplication
 from lmpre.data.filters import Normalize
 from lmpre.data.pipeline import MANIFEST, STAGE, TOKENIZER
@@ -79,6 +79,75 @@ def test_same_recipe_reuses_and_a_new_vocabulary_reuses_the_documents(recipe: Da
     assert read_manifest(other)["tokenizer"]["vocab_size"] == 380
     assert (stage / STAGE).stat().st_mtime_ns == staged_at  # the documents stage was reused, not rebuilt
     assert (first / MANIFEST).stat().st_mtime_ns == built_at
+
+
+def test_a_given_tokenizer_tokenizes_in_the_workers_and_writes_the_same_shards(
+    recipe: DataRecipe, tmp_path: Path
+) -> None:
+    trained = prepare_dataset(recipe, tmp_path / "cache")
+    given = replace(recipe, tokenizer=TokenizerSpec(kind="file", path=str(trained / TOKENIZER)))
+    for workers in (1, 2):
+        prepared = prepare_dataset(given, tmp_path / f"given-{workers}", workers=workers)
+        stage = Path(read_manifest(prepared)["sources"]["wiki"]["documents_stages"]["train"])
+        assert has_tokens(stage)
+        for split in ("train", "val", "test"):
+            for chunk in (trained / "wiki" / split).glob("*.bin"):
+                assert (prepared / "wiki" / split / chunk.name).read_bytes() == chunk.read_bytes()
+            assert read_manifest(prepared)["splits"][split] == read_manifest(trained)["splits"][split]
+    assert not has_tokens(Path(read_manifest(trained)["sources"]["wiki"]["documents_stages"]["train"]))
+
+
+@pytest.fixture
+def split_files_recipe(raw_articles: list[str], tmp_path: Path) -> DataRecipe:
+    """Real articles in WikiText's own train, valid and test files."""
+    source = tmp_path / "splits"
+    source.mkdir()
+    for name, articles in (("train", raw_articles[:8]), ("valid", raw_articles[8:11]), ("test", raw_articles[11:13])):
+        (source / f"wiki.{name}.raw").write_text("".join(articles))
+    splits = {"train": "wiki.train.raw", "val": "wiki.valid.raw", "test": "wiki.test.raw"}
+    return DataRecipe(
+        sources={"wiki": WikiText(str(source), splits=splits)},
+        filters=[Normalize()],
+        dedup=Deduplication(),
+        tokenizer=TokenizerSpec(vocab_size=400),
+    )
+
+
+def test_a_new_test_file_reuses_the_train_and_val_work(
+    split_files_recipe: DataRecipe, raw_articles: list[str], tmp_path: Path
+) -> None:
+    first = prepare_dataset(split_files_recipe, tmp_path / "cache")
+    (tmp_path / "splits" / "wiki.test.raw").write_text("".join(raw_articles[13:15]))
+    second = prepare_dataset(split_files_recipe, tmp_path / "cache")
+    assert second != first
+    before, after = (read_manifest(p)["sources"]["wiki"] for p in (first, second))
+    for split in ("train", "val"):  # the same documents stage and shards directory, not rebuilt
+        assert after["documents_stages"][split] == before["documents_stages"][split]
+        assert after["shards"][split] == before["shards"][split]
+        for chunk in (first / "wiki" / split).iterdir():
+            assert (second / "wiki" / split / chunk.name).stat().st_ino == chunk.stat().st_ino
+    assert (second / TOKENIZER).stat().st_ino == (first / TOKENIZER).stat().st_ino
+    assert after["documents_stages"]["test"] != before["documents_stages"]["test"]
+    assert after["shards"]["test"] != before["shards"]["test"]
+    test_titles = [text.split("\n", 1)[0] for text in read_documents(Path(after["documents_stages"]["test"]), "test")]
+    assert test_titles == [article.split("\n", 1)[0].rstrip() for article in raw_articles[13:15]]
+    assert after["splits"]["test"]["documents"] == 2
+
+
+def test_a_new_test_file_that_repeats_a_train_document_rebuilds_train_without_it(
+    split_files_recipe: DataRecipe, raw_articles: list[str], tmp_path: Path
+) -> None:
+    first = prepare_dataset(split_files_recipe, tmp_path / "cache")
+    (tmp_path / "splits" / "wiki.test.raw").write_text("".join([raw_articles[13], raw_articles[2]]))
+    second = prepare_dataset(split_files_recipe, tmp_path / "cache")
+    before, after = (read_manifest(p)["sources"]["wiki"] for p in (first, second))
+    assert after["documents_stages"]["train"] == before["documents_stages"]["train"]  # cleaning is reused
+    assert after["shards"]["train"] != before["shards"]["train"]  # the shards are not: one document less
+    assert after["report"]["removed.dedup.train"] == 1
+    assert after["splits"]["train"]["documents"] == before["splits"]["train"]["documents"] - 1
+    assert (second / TOKENIZER).stat().st_ino != (first / TOKENIZER).stat().st_ino  # BPE learns from train
+    assert (first / "wiki" / "train").is_dir()  # the first preparation keeps its data for a training reading it
+    assert read_manifest(first)["sources"]["wiki"]["splits"] == before["splits"]
 
 
 def test_a_source_edited_in_place_builds_a_new_directory(recipe: DataRecipe, tmp_path: Path) -> None:
@@ -207,9 +276,10 @@ def test_worker_processes_give_the_same_documents_as_one(
     one = prepare_dataset(recipe, tmp_path / "a", workers=1)
     assert signal.getsignal(signal.SIGINT) is sigint  # Ctrl-C still works in the process that prepared
     two = prepare_dataset(recipe, tmp_path / "b", workers=2)
-    stages = [Path(read_manifest(p)["sources"]["wiki"]["documents_stage"]) for p in (one, two)]
+    stages = [read_manifest(p)["sources"]["wiki"]["documents_stages"] for p in (one, two)]
     for split in ("train", "val", "test"):
-        assert list(read_documents(stages[0], split)) == list(read_documents(stages[1], split))
+        texts = [list(read_documents(Path(stage[split]), split)) for stage in stages]
+        assert texts[0] == texts[1]
     assert (one / TOKENIZER).read_bytes() == (two / TOKENIZER).read_bytes()
 
 

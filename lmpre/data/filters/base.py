@@ -45,4 +45,4 @@ def split_words(text: str) -> tuple[str, ...]:
     """The whitespace-separated tokens of `text` with a letter or digit: the words that the quality and repetition
     rules count. Punctuation standing alone (as in WikiText's " , " and " @-@ ") is no word. The last document's
     words are kept, so the filters that follow one another on it split it once."""
-    return tuple(token for token in text.split() if token.isalnum() or HAS_WORD_CHAR(token))
+    return tuple([token for token in text.split() if token.isalnum() or HAS_WORD_CHAR(token)])

@@ -95,6 +95,11 @@ class Source(ABC):
         """The local files this source reads, sorted; their content decides whether prepared data is reused."""
         return find_files(self.path, self.patterns, self.setting)
 
+    def split_files(self) -> dict[str, list[Path]]:
+        """The files of each split when the files say it (each split is then prepared apart, so a changed test file
+        leaves train's work alone); otherwise every file under the key "" (the split decided per document)."""
+        return {"": self.files()}
+
     def work_units(self) -> list[WorkUnit]:
         """How the reading is cut for worker processes: one unit per file unless a subclass cuts finer."""
         return [WorkUnit(str(path)) for path in self.files()]

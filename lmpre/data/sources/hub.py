@@ -71,6 +71,12 @@ class HubDataset(Source):
     def files(self) -> list[Path]:
         return sorted(self._file_splits())
 
+    def split_files(self) -> dict[str, list[Path]]:
+        files: dict[str, list[Path]] = {}
+        for path, split in sorted(self._file_splits().items()):
+            files.setdefault(split or "", []).append(path)
+        return files
+
     def work_units(self) -> list[WorkUnit]:
         return row_group_units(self.files(), self.setting)
 
