@@ -85,20 +85,26 @@ class PretrainingObjective(L.LightningModule):
         scored position of all of them (and of every process). Masked LM scores a random number of positions per
         micro-batch, so a mean of per-micro-batch means is not that. The sum goes back instead, and the gradient is
         divided by the whole step's count of scored positions before the optimizer sees it
-        (`on_before_optimizer_step`)."""
+        (`on_before_optimizer_step`). A step of one micro-batch on one process needs none of this: its mean is the
+        step's mean, and the gradients are not touched again."""
+        if self._one_batch_per_step():
+            return loss_sum / scored.clamp(min=1)
         self._scored = self._scored + scored.detach()
         return loss_sum
 
+    def _one_batch_per_step(self) -> bool:
+        trainer = self._trainer
+        return trainer is None or (trainer.accumulate_grad_batches == 1 and trainer.world_size == 1)
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        scored = self.trainer.strategy.reduce(self._scored, reduce_op="sum")  # every process's
-        self._scored = torch.zeros((), dtype=torch.long, device=self.device)
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if not grads:
-            return
-        # Lightning divided each micro-batch's loss by k, and DDP/FSDP average gradients over the processes.
-        scale = self.trainer.accumulate_grad_batches * self.trainer.world_size / scored.clamp(min=1)
-        torch._foreach_mul_([g.to_local() if isinstance(g, DTensor) else g for g in grads], scale)
-        if logs_this_step(self.trainer):  # logging steps only: the norm costs a sync
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if grads and not self._one_batch_per_step():
+            scored = self.trainer.strategy.reduce(self._scored, reduce_op="sum")  # every process's
+            # Lightning divided each micro-batch's loss by k, and DDP/FSDP average gradients over the processes.
+            scale = self.trainer.accumulate_grad_batches * self.trainer.world_size / scored.clamp(min=1)
+            torch._foreach_mul_([g.to_local() if isinstance(g, DTensor) else g for g in grads], scale)
+            self._scored = torch.zeros((), dtype=torch.long, device=self.device)
+        if grads and logs_this_step(self.trainer):  # logging steps only: the norm costs a sync
             norm = torch.nn.utils.get_total_norm(grads)  # before clipping, which Lightning does next
             self.log("train/grad_norm", norm.full_tensor() if isinstance(norm, DTensor) else norm)
 
