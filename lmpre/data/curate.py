@@ -186,7 +186,8 @@ def _process(
             workers, context, initializer=_init_worker_process, initargs=(source, curation)
         ) as pool:
             for batch in batches:
-                pending.append(pool.submit(_curate_batch, batch))
+                with _signals_held():  # a submit may fork the workers
+                    pending.append(pool.submit(_curate_batch, batch))
                 if len(pending) >= 2 * workers:  # bounded: memory does not grow with the corpus
                     yield pending.popleft().result()
             while pending:
@@ -232,6 +233,21 @@ def _init_worker_process(source: Source, curation: Curation) -> None:
         if os.getppid() == 1:  # the parent died before prctl took effect
             os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)  # held by the parent while it forked this process
+
+
+HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM wait while worker processes are forked, and are handled right after: a handler that raises
+    inside fork() (in an at-fork callback) has its exception ignored, so a Ctrl-C at that instant was lost."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _curate_batch(documents: list[Document]) -> BatchResult:
