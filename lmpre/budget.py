@@ -97,15 +97,18 @@ def from_config(cfg: Any, world_size: int) -> Budget:
     trainer = cfg.trainer
     max_steps = int(trainer.get("max_steps", -1))
     max_tokens = (cfg.get("budget") or {}).get("max_tokens")
-    tokens_per_step = (
-        int(cfg.data.batch_size) * int(cfg.data.seq_len) * int(trainer.get("accumulate_grad_batches", 1)) * world_size
-    )
     return Budget(
         max_steps=max_steps if max_steps > 0 else None,
         max_tokens=None if max_tokens is None else int(max_tokens),
         max_time=parse_time((cfg.get("budget") or {}).get("max_time")),
-        tokens_per_step=tokens_per_step,
+        tokens_per_step=tokens_per_step(cfg, world_size),
     )
+
+
+def tokens_per_step(cfg: Any, world_size: int) -> int:
+    """Model-input tokens of one optimizer step, as litgpt counts them: every micro-batch of every process."""
+    accumulation = int(cfg.trainer.get("accumulate_grad_batches", 1))
+    return int(cfg.data.batch_size) * int(cfg.data.seq_len) * accumulation * world_size
 
 
 def trainer_limits(cfg: Any) -> dict[str, Any]:

@@ -34,6 +34,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, read_write
 
+from lmpre.budget import tokens_per_step
+
 RESULT = "result.json"
 # Set by Lightning's launcher in the process that starts the others.
 LAUNCH_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
@@ -52,9 +54,9 @@ class RunResult(L.Callback):
     (steps × accumulation × batch × seq_len × processes, as litgpt counts them). A resumed run keeps its earlier best.
     When training ends, every logger gets `hparams` with the final `val/*` metrics (`hp/…`)."""
 
-    def __init__(self, run_dir: str | Path, tokens_per_batch: int, hparams: dict[str, Any]) -> None:
+    def __init__(self, run_dir: str | Path, tokens_per_process_step: int, hparams: dict[str, Any]) -> None:
         self.path = Path(run_dir) / RESULT
-        self.tokens_per_batch = tokens_per_batch
+        self.tokens_per_process_step = tokens_per_process_step
         self.hparams = hparams
         self.result: dict[str, Any] = {}
 
@@ -69,7 +71,7 @@ class RunResult(L.Callback):
         step, value = trainer.global_step, float(loss)
         if math.isfinite(value) and value < self.result.get("best_val_loss", math.inf):
             self.result.update(best_val_loss=value, best_step=step)
-        tokens = step * trainer.accumulate_grad_batches * self.tokens_per_batch * trainer.world_size
+        tokens = step * self.tokens_per_process_step * trainer.world_size
         self.result.update(final_val_loss=value, step=step, tokens=tokens)
         _write_json(self.path, self.result)
 
@@ -90,8 +92,7 @@ def run_result(cfg: DictConfig) -> RunResult:
     assert isinstance(hparams, dict)
     for key in ("paths", "callbacks", "logger"):
         hparams.pop(key, None)
-    tokens_per_batch = int(cfg.data.batch_size) * int(cfg.data.seq_len)
-    return RunResult(cfg.paths.output_dir, tokens_per_batch, cast(dict[str, Any], hparams))
+    return RunResult(cfg.paths.output_dir, tokens_per_step(cfg, world_size=1), cast(dict[str, Any], hparams))
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

@@ -51,7 +51,14 @@ def one_step(
 ) -> tuple[PretrainingObjective, L.Trainer]:
     torch.manual_seed(0)  # the same initial weights in every run
     model = fair(objective)({**TINY, **BACKBONES[objective]}, special_tokens=SPECIAL, seed=1)
-    fit = L.Trainer(
+    fit = one_step_trainer(accumulate, log_every_n_steps=1, **trainer)
+    fit.fit(model, DataLoader(windows, batch_size=batch_size))
+    return model, fit
+
+
+def one_step_trainer(accumulate: int, **trainer: Any) -> L.Trainer:
+    """A Trainer for one optimizer step of `accumulate` micro-batches, with nothing written."""
+    return L.Trainer(
         max_steps=1,
         accumulate_grad_batches=accumulate,
         accelerator="cpu",
@@ -59,11 +66,8 @@ def one_step(
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        log_every_n_steps=1,
         **trainer,
     )
-    fit.fit(model, DataLoader(windows, batch_size=batch_size))
-    return model, fit
 
 
 def windows_for(objective: type[PretrainingObjective]) -> Tensor:
@@ -125,16 +129,7 @@ def test_two_processes_accumulating_make_the_update_of_one_large_batch() -> None
     def step(batch_size: int, accumulate: int, **trainer: Any) -> CausalLM:
         torch.manual_seed(0)
         model = SGDCausalLM({**TINY, "causal": True}, special_tokens=SPECIAL)
-        L.Trainer(
-            max_steps=1,
-            accumulate_grad_batches=accumulate,
-            accelerator="cpu",
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            **trainer,
-        ).fit(model, DataLoader(windows, batch_size=batch_size))
+        one_step_trainer(accumulate, **trainer).fit(model, DataLoader(windows, batch_size=batch_size))
         return model
 
     distributed = step(2, 2, devices=2, strategy="ddp_spawn")
