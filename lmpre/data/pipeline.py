@@ -54,7 +54,7 @@ from lmpre.errors import DataError
 log = logging.getLogger(__name__)
 
 # Bump when the prepared bytes change for unchanged settings (cleaning, layout): forces a rebuild.
-PIPELINE_VERSION = 2
+PIPELINE_VERSION = 3
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
 STAGE = "stage.json"  # written last into a documents stage: its report, and the mark that it is complete

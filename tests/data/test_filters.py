@@ -5,19 +5,31 @@ from __future__ import annotations
 import itertools
 import pickle
 import random
+import re
+import unicodedata
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import ftfy
 import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from lmpre.data.document import Document
 from lmpre.data.filters import Filter, GopherQuality, GopherRepetition, Language, Normalize, run_filters
-from lmpre.data.filters.base import split_words
 from lmpre.data.filters.language import identifier
+from lmpre.data.filters.normalize import (
+    BLANK_LINES,
+    C1_OR_SURROGATE,
+    FTFY_CONFIG,
+    INVISIBLE,
+    LATIN1_MOJIBAKE,
+    LINE_BREAKS,
+    normalize_text,
+)
 from lmpre.data.filters.repetition import NgramCounts
+from lmpre.data.filters.words import words_of
 from lmpre.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "filter"
@@ -214,7 +226,8 @@ def test_ngram_counts_match_counting_every_ngram() -> None:
     """The candidate-only counting equals plain counting, on text with many repeats (a 6-word vocabulary)."""
     rng = random.Random(0)
     tokens = [rng.choice(["a", "b", "cc", "d", "ee", "f"]) for _ in range(2000)]
-    ngrams = NgramCounts(tokens)
+    words = words_of(" ".join(tokens))
+    ngrams = NgramCounts(words.ids, words.lengths)
     for n, counts in ngrams.up_to(10):
         grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
         expected = Counter(grams)
@@ -269,19 +282,79 @@ def test_real_english_passes_every_filter(articles: list[str]) -> None:
     assert all(r.startswith("gopher_repetition.") for r in reasons)
 
 
+def spelled(text: str) -> list[str]:
+    words = words_of(text)
+    return [text[start:end] for start, end in zip(words.starts.tolist(), words.ends.tolist(), strict=True)]
+
+
 def test_words_leave_out_punctuation_alone() -> None:
-    assert split_words(" Homarus gammarus , known as the four @-@ lane ( 24 in ) road . ") == (
-        "Homarus",
-        "gammarus",
-        "known",
-        "as",
-        "the",
-        "four",
-        "lane",
-        "24",
-        "in",
-        "road",
-    )
+    text = " Homarus gammarus , known as the four @-@ lane ( 24 in ) road . "
+    assert spelled(text) == ["Homarus", "gammarus", "known", "as", "the", "four", "lane", "24", "in", "road"]
+    assert words_of(text).with_letter == 9  # all but "24"
+
+
+def test_words_are_the_tokens_with_a_word_character() -> None:
+    """Tokens as str.split() cuts them (every Unicode space), kept when they hold a \\w character; equal words get
+    equal ids and different words different ones."""
+    alphabet = [
+        "a",
+        "B",
+        "é",
+        "7",
+        "_",
+        ",",
+        "@",
+        "\u2014",
+        "\u00bd",
+        " ",
+        "\n",
+        "\t",
+        "\u00a0",
+        "\u3000",
+        "\U0001f600",
+    ]
+    rng = random.Random(0)
+    for _ in range(500):
+        text = "".join(rng.choices(alphabet, k=rng.randint(0, 40)))
+        expected = [token for token in text.split() if re.search(r"\w", token)]
+        assert spelled(text) == expected
+        ids = words_of(text).ids.tolist()
+        assert [ids.index(i) for i in ids] == [expected.index(word) for word in expected]
+        assert words_of(text).with_letter == sum(bool(re.search(r"[^\W\d_]", word)) for word in expected)
+
+
+def normalize_scanning_everything(text: str) -> str:
+    """Normalize as it was before it skipped scans: every regex over every text."""
+    if LATIN1_MOJIBAKE.search(text) or re.search(C1_OR_SURROGATE, text):
+        text = ftfy.fix_text(text, FTFY_CONFIG)
+    text = INVISIBLE.sub("", unicodedata.normalize("NFC", text))
+    text = LINE_BREAKS.sub("\n", text.replace("\r\n", "\n"))
+    text = "\n".join(line.rstrip() for line in text.split("\n"))
+    return BLANK_LINES.sub("\n\n", text).strip("\n")
+
+
+def test_normalize_skips_only_scans_that_cannot_match() -> None:
+    alphabet = [
+        "a",
+        " ",
+        "\n",
+        "\r",
+        "\t",
+        "é",
+        "e\u0301",
+        "Ã©",
+        "â€œ",
+        "\x9d",
+        "\u200b",
+        "\x00",
+        "\u2028",
+        "\x0c",
+        "\ud800",
+    ]
+    rng = random.Random(0)
+    for _ in range(2000):
+        text = "".join(rng.choices(alphabet, k=rng.randint(0, 30)))
+        assert normalize_text(text) == normalize_scanning_everything(text), repr(text)
 
 
 @pytest.mark.parametrize(

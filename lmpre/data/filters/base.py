@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import functools
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 from lmpre.data.document import Document
-
-HAS_WORD_CHAR = re.compile(r"\w").search
 
 
 class Filter(ABC):
@@ -38,11 +34,3 @@ def run_filters(filters: Sequence[Filter], document: Document) -> Document | str
             return result
         document = result
     return document
-
-
-@functools.lru_cache(maxsize=1)
-def split_words(text: str) -> tuple[str, ...]:
-    """The whitespace-separated tokens of `text` with a letter or digit: the words that the quality and repetition
-    rules count. Punctuation standing alone (as in WikiText's " , " and " @-@ ") is no word. The last document's
-    words are kept, so the filters that follow one another on it split it once."""
-    return tuple([token for token in text.split() if token.isalnum() or HAS_WORD_CHAR(token)])

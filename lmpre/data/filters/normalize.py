@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from dataclasses import replace
 
 import ftfy
+import numpy as np
+from numpy.typing import NDArray
 
+from lmpre.data.codepoints import char_table, codepoints
 from lmpre.data.document import Document
 from lmpre.data.filters.base import Filter
 
@@ -35,13 +39,16 @@ CONTINUATION = (
 LATIN1_MOJIBAKE = re.compile(
     f"[\u00c2-\u00f4](?:(?<=[\u00c2-\u00df]){CONTINUATION}|(?<=[\u00e0-\u00ef]){CONTINUATION}{{2}}|{CONTINUATION}{{3}})"
 )
-C1_OR_SURROGATE = re.compile("[\u0080-\u009f\ud800-\udfff]")  # two searches are 3x faster than one alternation
+C1_OR_SURROGATE = "[\u0080-\u009f\ud800-\udfff]"  # a sign of mojibake on its own
 # Besides "\r\n", everything str.splitlines() breaks at becomes "\n", so every later step sees the same lines.
 LINE_BREAKS = re.compile("[\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
 # Control characters but tab and line breaks, and the invisible characters that only split words apart (zero-width
 # space, word joiner, byte-order mark). ZWJ/ZWNJ stay: they change the spelling of Persian, Indic scripts, emoji.
-INVISIBLE = re.compile("[\x00-\x08\x0e-\x1b\x1f\x7f-\x84\x86-\x9f\u200b\u2060\ufeff]+")
+INVISIBLE_CHAR = "[\x00-\x08\x0e-\x1b\x1f\x7f-\x84\x86-\x9f\u200b\u2060\ufeff]"
+INVISIBLE = re.compile(INVISIBLE_CHAR + "+")
 BLANK_LINES = re.compile(r"\n{3,}")
+# What a text holds of the above, found in one pass (`_found`): each regex scans it only when it can match.
+MOJIBAKE_LEAD, C1_OR_SURROGATE_FOUND, INVISIBLE_FOUND, LINE_BREAK_FOUND = 1, 2, 4, 8
 
 
 class Normalize(Filter):
@@ -69,15 +76,38 @@ def normalize_text(
     text: str, nfc: bool = True, fix_mojibake: bool = True, invisible: bool = True, whitespace: bool = True
 ) -> str:
     """The text `Normalize` keeps, with each step switchable as there."""
-    # isascii() costs nothing (CPython knows it), and ASCII text holds neither mojibake nor anything NFC changes.
-    if fix_mojibake and not text.isascii() and (LATIN1_MOJIBAKE.search(text) or C1_OR_SURROGATE.search(text)):
+    found = _found(text)
+    if fix_mojibake and (found & C1_OR_SURROGATE_FOUND or (found & MOJIBAKE_LEAD and LATIN1_MOJIBAKE.search(text))):
         text = ftfy.fix_text(text, FTFY_CONFIG)
-    if nfc and not text.isascii():
+        found = _found(text)
+    if nfc and not text.isascii():  # isascii() costs nothing: CPython knows it; NFC keeps the classes found
         text = unicodedata.normalize("NFC", text)
-    if invisible:
+    if invisible and found & INVISIBLE_FOUND:
         text = INVISIBLE.sub("", text)
     if whitespace:
-        text = LINE_BREAKS.sub("\n", text.replace("\r\n", "\n"))
+        if found & LINE_BREAK_FOUND:
+            text = LINE_BREAKS.sub("\n", text.replace("\r\n", "\n"))
         text = "\n".join([line.rstrip() for line in text.split("\n")])  # 6x faster than a regex
-        text = BLANK_LINES.sub("\n\n", text).strip("\n")
+        if "\n\n\n" in text:
+            text = BLANK_LINES.sub("\n\n", text)
+        text = text.strip("\n")
     return text
+
+
+@functools.cache
+def _classes() -> NDArray[np.uint8]:
+    """For every code point, which of the patterns above it can start or make up (the *_FOUND bits): looked up for
+    a whole text at once, 10x faster than a regex scan that finds nothing."""
+    return char_table(
+        {
+            MOJIBAKE_LEAD: "[\u00c2-\u00f4]",
+            C1_OR_SURROGATE_FOUND: C1_OR_SURROGATE,
+            INVISIBLE_FOUND: INVISIBLE_CHAR,
+            LINE_BREAK_FOUND: LINE_BREAKS.pattern,
+        }
+    )
+
+
+def _found(text: str) -> int:
+    """The *_FOUND bits of the characters of `text`, or-ed."""
+    return int(np.bitwise_or.reduce(_classes()[codepoints(text)], initial=0))

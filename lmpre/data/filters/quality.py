@@ -7,12 +7,12 @@ import re
 from collections.abc import Sequence
 
 from lmpre.data.document import Document
-from lmpre.data.filters.base import Filter, split_words
+from lmpre.data.filters.base import Filter
+from lmpre.data.filters.words import words_of
 
 STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
 BULLETS = ("-", "*", "•", "‣", "⁃", "◦", "▪", "▫", "●", "○", "■", "□", "►", "➢")
 ELLIPSES = ("...", "…")
-HAS_LETTER = re.compile(r"[^\W\d_]").search
 
 
 class GopherQuality(Filter):
@@ -20,7 +20,7 @@ class GopherQuality(Filter):
     mostly bullet points or cut-off lines, mostly numbers, or without common English words. The defaults are
     Gopher's thresholds; None switches a rule off.
 
-    Words are as `split_words` splits them: tokens with a letter or digit. Lines are the non-blank lines.
+    Words are as `words_of` finds them: tokens with a letter or digit. Lines are the non-blank lines.
     """
 
     name = "gopher_quality"
@@ -52,7 +52,7 @@ class GopherQuality(Filter):
 
     def __call__(self, document: Document) -> Document | str:
         text = document.text
-        words = split_words(text)
+        words = words_of(text)
         n_words = len(words)
         if (self.min_words is not None and n_words < self.min_words) or (
             self.max_words is not None and n_words > self.max_words
@@ -61,7 +61,7 @@ class GopherQuality(Filter):
         if n_words == 0:  # every rule below is a share of words
             return document
 
-        mean_length = sum(map(len, words)) / n_words
+        mean_length = int(words.lengths.sum()) / n_words
         if (self.min_mean_word_length is not None and mean_length < self.min_mean_word_length) or (
             self.max_mean_word_length is not None and mean_length > self.max_mean_word_length
         ):
@@ -83,15 +83,8 @@ class GopherQuality(Filter):
             if self.max_ellipsis_lines is not None and ellipses > self.max_ellipsis_lines * len(lines):
                 return self.drop("ellipsis_lines")
 
-        if self.min_alpha_words is not None:
-            # Words of letters only are counted in C; the rest (with digits or punctuation) are searched for a
-            # letter only when those alone fall short, which in prose they seldom do.
-            needed = self.min_alpha_words * n_words
-            alpha_words = sum(map(str.isalpha, words))
-            if alpha_words < needed:
-                alpha_words += sum(1 for word in words if not word.isalpha() and HAS_LETTER(word))
-            if alpha_words < needed:
-                return self.drop("alpha_words")
+        if self.min_alpha_words is not None and words.with_letter < self.min_alpha_words * n_words:
+            return self.drop("alpha_words")
 
         if self.min_stop_words is not None and not self._has_stop_words(text, self.min_stop_words):
             return self.drop("stop_words")
