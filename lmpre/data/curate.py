@@ -36,7 +36,7 @@ from lmpre.data.shards import TokenizedDocument, encode_documents
 from lmpre.data.sources import Source, WorkUnit
 from lmpre.errors import DataError
 
-BATCH_BYTES = 2**20  # text per task sent to a worker: large enough to amortise pickling, small for memory
+BATCH_BYTES = 2**18  # text per task sent to a worker: amortises pickling; small, so no worker idles long at the end
 EXAMPLE_CHARS = 500
 EXAMPLES = 20  # removed documents kept per reason in a documents stage; a preparation writes up to this many
 
@@ -49,6 +49,13 @@ class Curation:
     minhash: MinHasher | None = None  # signatures for near-duplicate removal; None: exact duplicates only
     dedup: bool = True  # compute the keys the deduplication pass needs
     tokenizer: Tokenizer | None = None  # tokenize the kept documents too (a tokenizer known in advance)
+
+    def prepare(self) -> None:
+        """What the steps build for every document, built once here, before the workers fork (`Filter.prepare`)."""
+        for filter_ in self.filters:
+            filter_.prepare()
+        if self.minhash is not None:
+            self.minhash.prepare()
 
 
 @dataclass
@@ -175,6 +182,7 @@ def _process(
 ) -> Iterator[BatchResult]:
     """Batches of the documents of `units` through `_curate_batch`, in order: in `workers` processes, or inline."""
     batches = _batches(source, units, stats)
+    curation.prepare()
     if workers <= 1:
         _init_worker(source, curation)
         yield from map(_curate_batch, batches)

@@ -77,6 +77,10 @@ class MinHasher:
         raw = np.random.PCG64(seed).random_raw(num_perm + ngram) | np.uint64(1)  # odd: multiplying by it loses no bit
         self._a, self._weights = raw[:num_perm, None], raw[num_perm:]
 
+    def prepare(self) -> None:
+        """As `Filter.prepare`: the character table, built once before the workers fork."""
+        char_classes()
+
     def shingles(self, text: str) -> NDArray[np.uint64]:
         """A 64-bit key for each word n-gram of the canonical text; a text of fewer words is one
         shingle, an empty one has none. Keys only need to differ between different shingles, not to look random:

@@ -16,6 +16,8 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from lmpre.data.curate import Curation
+from lmpre.data.dedup import MinHasher, char_classes
 from lmpre.data.document import Document
 from lmpre.data.filters import Filter, GopherQuality, GopherRepetition, Language, Normalize, run_filters
 from lmpre.data.filters.language import identifier
@@ -26,10 +28,11 @@ from lmpre.data.filters.normalize import (
     INVISIBLE,
     LATIN1_MOJIBAKE,
     LINE_BREAKS,
+    normalize_classes,
     normalize_text,
 )
 from lmpre.data.filters.repetition import NgramCounts
-from lmpre.data.filters.words import words_of
+from lmpre.data.filters.words import word_classes, words_of
 from lmpre.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "filter"
@@ -376,3 +379,12 @@ def test_filter_configs_hold_the_class_defaults(path: Path) -> None:
     assert {k: v for k, v in vars(built).items() if not k.startswith("_")} == {
         k: v for k, v in vars(defaults).items() if not k.startswith("_")
     }
+
+
+def test_a_curation_builds_what_its_steps_share_before_the_workers_fork() -> None:
+    """Tables and models are built once in the preparing process: the forked workers inherit them."""
+    built_on_first_use = [normalize_classes, word_classes, char_classes, identifier]
+    for cached in built_on_first_use:
+        cached.cache_clear()
+    Curation(filters=[Normalize(), GopherQuality(), GopherRepetition(), Language()], minhash=MinHasher()).prepare()
+    assert [cached.cache_info().currsize for cached in built_on_first_use] == [1, 1, 1, 1]

@@ -22,6 +22,11 @@ class Filter(ABC):
     def __call__(self, document: Document) -> Document | str:
         """The document, its text perhaps transformed (`dataclasses.replace`), or the reason it is dropped."""
 
+    def prepare(self) -> None:
+        """Build what every document needs (lookup tables, models). Called once in the preparing process before the
+        worker processes fork, which then share it instead of each building its own."""
+        return None  # most filters need nothing
+
     def drop(self, rule: str) -> str:
         return f"{self.name}.{rule}"
 

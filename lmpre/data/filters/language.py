@@ -37,6 +37,9 @@ class Language(Filter):
         self.min_score = min_score
         self.max_chars = max_chars
 
+    def prepare(self) -> None:
+        identifier()
+
     def __call__(self, document: Document) -> Document | str:
         model = identifier()
         language, score = model.classify(document.text[: self.max_chars])

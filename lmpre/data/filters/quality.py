@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from lmpre.data.document import Document
 from lmpre.data.filters.base import Filter
-from lmpre.data.filters.words import words_of
+from lmpre.data.filters.words import word_classes, words_of
 
 STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
 BULLETS = ("-", "*", "•", "‣", "⁃", "◦", "▪", "▫", "●", "○", "■", "□", "►", "➢")
@@ -49,6 +49,9 @@ class GopherQuality(Filter):
         self.min_stop_words = min_stop_words
         self.stop_words = list(stop_words)
         self._stop_word = re.compile(rf"\b(?:{'|'.join(map(re.escape, stop_words))})\b", re.IGNORECASE)
+
+    def prepare(self) -> None:
+        word_classes()
 
     def __call__(self, document: Document) -> Document | str:
         text = document.text

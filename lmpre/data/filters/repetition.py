@@ -11,7 +11,7 @@ from numpy.typing import NDArray
 
 from lmpre.data.document import Document
 from lmpre.data.filters.base import Filter
-from lmpre.data.filters.words import words_of
+from lmpre.data.filters.words import word_classes, words_of
 
 PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 
@@ -61,6 +61,9 @@ class GopherRepetition(Filter):
         self.max_duplicate_8gram_chars = max_duplicate_8gram_chars
         self.max_duplicate_9gram_chars = max_duplicate_9gram_chars
         self.max_duplicate_10gram_chars = max_duplicate_10gram_chars
+
+    def prepare(self) -> None:
+        word_classes()
 
     def __call__(self, document: Document) -> Document | str:
         text = document.text

@@ -38,7 +38,7 @@ def words_of(text: str) -> Words:
     """The words of `text`. The last text's are kept, so the filters that follow one another on a document split it
     once (callers must not change the arrays)."""
     points = codepoints(text)
-    classes = _classes()[points]
+    classes = word_classes()[points]
     starts, ends = runs(classes & SPACE == 0)
     if len(starts) == 0:
         empty = np.zeros(0, np.int64)
@@ -52,6 +52,6 @@ def words_of(text: str) -> Words:
 
 
 @functools.cache
-def _classes() -> NDArray[np.uint8]:
+def word_classes() -> NDArray[np.uint8]:
     """Python's own classes (\\w, letters as `[^\\W\\d_]`, \\s, which str.split() splits at too), per code point."""
     return char_table({WORD_CHAR: r"\w", LETTER: r"[^\W\d_]", SPACE: r"\s"})
