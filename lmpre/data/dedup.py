@@ -18,7 +18,6 @@ import numpy as np
 from numpy.typing import NDArray
 
 from lmpre.data.codepoints import char_table, codepoints, runs, span_hashes
-from lmpre.data.document import text_hash
 from lmpre.errors import ConfigError
 
 WORD, SPACE, PUNCTUATION = 0, 1, 2
@@ -36,26 +35,20 @@ def char_classes() -> NDArray[np.uint8]:
 
 
 @functools.lru_cache(maxsize=1)
-def canonical_codepoints(text: str) -> tuple[NDArray[np.uint32], NDArray[np.bool_]]:
-    """The code points of `text` casefolded and without punctuation, and which of them are whitespace. The last
-    text's are kept: the exact key and the MinHash signature of a document read them from one computation (callers
-    must not change the arrays)."""
+def canonical_words(text: str) -> NDArray[np.uint64]:
+    """A 64-bit hash of each word of `text` casefolded, with punctuation removed ("It's" is "its"): what copies that
+    differ only in case, punctuation or whitespace share. The last text's are kept: the exact key and the MinHash
+    signature of a document read them from one computation (callers must not change the array)."""
     points = codepoints(text.casefold())
     classes = char_classes()[points]
     kept = classes != PUNCTUATION
-    return points[kept], classes[kept] == SPACE
-
-
-def canonical_text(text: str) -> str:
-    """What copies that differ only in case, punctuation or whitespace share: casefolded, punctuation removed,
-    whitespace runs as one space, none at either end."""
-    points, _ = canonical_codepoints(text)
-    return " ".join(points.tobytes().decode("utf-32-le", "surrogatepass").split())
+    return span_hashes(points[kept], *runs(classes[kept] != SPACE))
 
 
 def exact_key(text: str) -> bytes:
-    """16 bytes shared by copies of `text` that differ only in case, punctuation or whitespace."""
-    return text_hash(canonical_text(text))
+    """16 bytes shared by copies of `text` that differ only in case, punctuation or whitespace: a hash of the
+    sequence of its canonical words."""
+    return hashlib.blake2b(canonical_words(text).tobytes(), digest_size=16).digest()
 
 
 class MinHasher:
@@ -85,8 +78,7 @@ class MinHasher:
         """A 64-bit key for each word n-gram of the canonical text; a text of fewer words is one
         shingle, an empty one has none. Keys only need to differ between different shingles, not to look random:
         the permutations are universal for any distinct keys."""
-        points, space = canonical_codepoints(text)
-        words = span_hashes(points, *runs(~space))
+        words = canonical_words(text)
         if len(words) == 0:
             return np.zeros(0, np.uint64)
         # A shingle weighs each of its n words by a random odd constant of its place.
