@@ -237,6 +237,17 @@ def test_ngram_counts_match_counting_every_ngram() -> None:
         assert counts.tolist() == [expected[g] for g in grams]
 
 
+def test_longer_repeated_ngrams_cover_no_more_characters() -> None:
+    """What lets GopherRepetition stop early: duplicate_chars never grows with n."""
+    rng = random.Random(1)
+    for _ in range(50):
+        tokens = [rng.choice(["a", "bb", "ccc", "d", "ee"][: rng.randint(2, 5)]) for _ in range(rng.randint(1, 300))]
+        words = words_of(" ".join(tokens))
+        ngrams = NgramCounts(words.ids, words.lengths)
+        covered = [ngrams.duplicate_chars(n, counts) for n, counts in ngrams.up_to(12)]
+        assert covered == sorted(covered, reverse=True)
+
+
 # Language
 
 

@@ -96,8 +96,14 @@ class GopherRepetition(Filter):
             top_limit, duplicate_limit = top.get(n), duplicate.get(n)
             if top_limit is not None and ngrams.top_chars(n, counts) > top_limit * ngrams.total_chars:
                 return self.drop(f"top_{n}gram_chars")
-            if duplicate_limit is not None and ngrams.duplicate_chars(n, counts) > duplicate_limit * ngrams.total_chars:
-                return self.drop(f"duplicate_{n}gram_chars")
+            if duplicate_limit is not None:
+                chars = ngrams.duplicate_chars(n, counts)
+                if chars > duplicate_limit * ngrams.total_chars:
+                    return self.drop(f"duplicate_{n}gram_chars")
+                # A word inside a repeated (n+1)-gram is inside a repeated n-gram (its prefix repeats too), so longer
+                # n-grams cover no more: under every longer n's limit, none of them can drop the document.
+                if all(chars <= limit * ngrams.total_chars for m, limit in duplicate.items() if m > n and limit):
+                    return document
         return document
 
 
