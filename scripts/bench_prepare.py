@@ -3,7 +3,7 @@ Gopher quality and repetition filters, exact + near dedup, BPE, shards) against 
 each in a fresh process, at 1x (25 MB of text: all of it once) and 10x (250 MB).
 
     python scripts/bench_prepare.py --scale 1 10 [--workdir /tmp/lmpre-bench-prepare] [--shared ../shared/data]
-        [--bpe-in-pipeline]
+        [--bpe-in-pipeline] [--repeats 2]
 
 The text is real: the 20 Project Gutenberg books (license header and footer stripped) and WikiText-2 raw from
 ../shared/data, cut into paragraphs. Replica r re-assembles documents from those paragraphs in an order shuffled
@@ -25,6 +25,8 @@ tokenizer is not in it, so (b) gets a trained one. With --bpe-in-pipeline, (a) i
 itself (`kind=bpe`, as data=jsonl does by default): the ratio then counts the training too.
 Peak memory: each child's own peak RSS (`ru_maxrss`), its workers' largest, and the process tree's peak PSS,
 sampled from /proc every 0.2 s (PSS counts pages shared by forked workers once).
+Each point runs (b) and (c) --repeats times, alternated, and keeps the fastest of each: the load of a shared machine
+changes over minutes, and a slower run of either alone would move the ratio.
 Targets: pipeline MB/s >= 0.7 x tokenizer MB/s; peak memory at 10x <= 1.2 x that at 1x.
 """
 
@@ -270,7 +272,12 @@ def run_child(*arguments: str) -> dict[str, Any]:
 
 
 def measure(
-    scale: int, pools: tuple[list[str], list[str]], workdir: Path, vocab_size: int, bpe_in_pipeline: bool
+    scale: int,
+    pools: tuple[list[str], list[str]],
+    workdir: Path,
+    vocab_size: int,
+    bpe_in_pipeline: bool,
+    repeats: int,
 ) -> dict[str, Any]:
     point = workdir / f"{scale}x"
     shutil.rmtree(point, ignore_errors=True)
@@ -289,16 +296,25 @@ def measure(
         bpe = run_child("--child", "bpe", *common, "--out", str(point / "bpe"))
         print(f"[{scale}x] BPE training (not in the pipeline's time): {bpe['seconds']:.1f} s", flush=True)
         given = ["--tokenizer", bpe["tokenizer"]]
-    pipeline = run_child("--child", "pipeline", *common, "--out", str(point), *given)
-    print(f"[{scale}x] pipeline: {pipeline['seconds']:.1f} s", flush=True)
-    tokenizer = run_child("--child", "tokenizer", *common, "--tokenizer", pipeline["tokenizer"])
-    print(
-        f"[{scale}x] tokenizer: encode_batch {tokenizer['seconds']:.1f} s, encode_batch_fast "
-        f"{tokenizer['fast_seconds']:.1f} s",
-        flush=True,
-    )
-    assert tokenizer["text_bytes"] == facts["text_bytes"]
-    return {"scale": scale, **facts, "bpe": bpe, "pipeline": pipeline, "tokenizer": tokenizer}
+    pipelines: list[dict[str, Any]] = []
+    tokenizers: list[dict[str, Any]] = []
+    for run in range(repeats):  # alternated, so that a change in the machine's load reaches both
+        out = point / f"run{run}"  # a fresh cache each time: a run must not reuse the previous one's work
+        pipelines.append(run_child("--child", "pipeline", *common, "--out", str(out), *given))
+        print(f"[{scale}x] pipeline: {pipelines[-1]['seconds']:.1f} s", flush=True)
+        tokenizers.append(run_child("--child", "tokenizer", *common, "--tokenizer", pipelines[0]["tokenizer"]))
+        print(
+            f"[{scale}x] tokenizer: encode_batch {tokenizers[-1]['seconds']:.1f} s, encode_batch_fast "
+            f"{tokenizers[-1]['fast_seconds']:.1f} s",
+            flush=True,
+        )
+        if run:
+            shutil.rmtree(out)
+    assert all(tokenizer["text_bytes"] == facts["text_bytes"] for tokenizer in tokenizers)
+    pipeline = min(pipelines, key=lambda result: result["seconds"])
+    tokenizer = min(tokenizers, key=lambda result: result["seconds"])
+    tokenizer["fast_seconds"] = min(result["fast_seconds"] for result in tokenizers)
+    return {"scale": scale, **facts, "bpe": bpe, "pipeline": pipeline, "tokenizer": tokenizer, "runs": len(pipelines)}
 
 
 def report(points: list[dict[str, Any]]) -> None:
@@ -321,7 +337,8 @@ def report(points: list[dict[str, Any]]) -> None:
         )
     print("(MB: 10^6 bytes of UTF-8 text; RSS, PSS: MiB. pipe RSS: the preparing process; wkr RSS: its largest")
     print(" worker; pipe PSS: peak of the whole process tree, sampled. tok: encode_batch; fast: encode_batch_fast,")
-    print(" which lmpre's shards call (no offsets); ratio: pipeline MB/s over the tokenizer's MB/s left of it)")
+    print(" which lmpre's shards call (no offsets); ratio: pipeline MB/s over the tokenizer's MB/s left of it;")
+    print(f" each the fastest of {points[0]['runs']} runs, pipeline and tokenizer alternated)")
     for p in points:
         stages = ", ".join(f"{name.lstrip('_')} {s:.1f} s" for name, s in p["pipeline"]["stages"].items())
         print(f"{p['scale']}x pipeline stages: {stages}; removed: {p['pipeline']['removed']}")
@@ -356,6 +373,9 @@ def main() -> None:
     parser.add_argument(
         "--bpe-in-pipeline", action="store_true", help="the pipeline trains its BPE (kind=bpe) inside its time"
     )
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="runs of the pipeline and the tokenizer, alternated; the fastest of each"
+    )
     parser.add_argument("--child", choices=["bpe", "pipeline", "tokenizer"], help=argparse.SUPPRESS)
     parser.add_argument("--corpus", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -367,7 +387,9 @@ def main() -> None:
     pools = paragraphs(args.shared)
     print(f"{len(pools[0]):,} book paragraphs, {len(pools[1]):,} wiki paragraphs from {args.shared}", flush=True)
     workdir = args.workdir.expanduser().resolve()
-    points = [measure(scale, pools, workdir, args.vocab_size, args.bpe_in_pipeline) for scale in args.scale]
+    points = [
+        measure(scale, pools, workdir, args.vocab_size, args.bpe_in_pipeline, args.repeats) for scale in args.scale
+    ]
     report(points)
 
 
