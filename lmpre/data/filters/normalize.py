@@ -48,7 +48,8 @@ INVISIBLE_CHAR = "[\x00-\x08\x0e-\x1b\x1f\x7f-\x84\x86-\x9f\u200b\u2060\ufeff]"
 INVISIBLE = re.compile(INVISIBLE_CHAR + "+")
 BLANK_LINES = re.compile(r"\n{3,}")
 # What a text holds of the above, found in one pass (`_found`): each regex scans it only when it can match.
-MOJIBAKE_LEAD, C1_OR_SURROGATE_FOUND, INVISIBLE_FOUND, LINE_BREAK_FOUND = 1, 2, 4, 8
+MOJIBAKE_LEAD, C1_OR_SURROGATE_FOUND, INVISIBLE_FOUND, LINE_BREAK_FOUND, SPACE_FOUND = 1, 2, 4, 8, 16
+TRAILING_SPACE_FOUND = 32  # whitespace that ends a line: not a character class, found from SPACE_FOUND
 
 
 class Normalize(Filter):
@@ -90,7 +91,9 @@ def normalize_text(
     if whitespace:
         if found & LINE_BREAK_FOUND:
             text = LINE_BREAKS.sub("\n", text.replace("\r\n", "\n"))
-        text = "\n".join([line.rstrip() for line in text.split("\n")])  # 6x faster than a regex
+        # Removed characters and new line breaks can put whitespace at the end of a line where `found` saw none.
+        if found & (TRAILING_SPACE_FOUND | LINE_BREAK_FOUND | INVISIBLE_FOUND):
+            text = "\n".join([line.rstrip() for line in text.split("\n")])  # 6x faster than a regex
         if "\n\n\n" in text:
             text = BLANK_LINES.sub("\n\n", text)
         text = text.strip("\n")
@@ -107,10 +110,18 @@ def normalize_classes() -> NDArray[np.uint8]:
             C1_OR_SURROGATE_FOUND: C1_OR_SURROGATE,
             INVISIBLE_FOUND: INVISIBLE_CHAR,
             LINE_BREAK_FOUND: LINE_BREAKS.pattern,
+            SPACE_FOUND: r"[^\S\n]",
         }
     )
 
 
 def _found(text: str) -> int:
     """The *_FOUND bits of the characters of `text`, or-ed."""
-    return int(np.bitwise_or.reduce(normalize_classes()[codepoints(text)], initial=0))
+    points = codepoints(text)
+    classes = normalize_classes()[points]
+    found = int(np.bitwise_or.reduce(classes, initial=0))
+    if found & SPACE_FOUND:
+        line_ends = np.append(points[1:] == ord("\n"), True)
+        if np.any((classes & SPACE_FOUND != 0) & line_ends):
+            found |= TRAILING_SPACE_FOUND
+    return found
