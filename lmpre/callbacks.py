@@ -263,12 +263,15 @@ class StepProgressBar(RichProgressBar):
     and tokens/s. A resumed run starts the bar where it stopped. (callbacks.progress=null: plain log lines.)
 
     It is redrawn at most `refresh_rate` times a second (Lightning's 100 redraws it after nearly every step of a small
-    model, in a thread that takes turns with training), and its metrics are read (tensors to floats) as often."""
+    model, in a thread that takes turns with training), and its step and metrics (tensors to floats) are updated as
+    often: after the first and the last step, and before a validation or the end. Rich keeps a sample per update for
+    its speed and time-left estimates (up to 1000, summed at every redraw), so updating it after every step costs
+    both the step and every redraw; the estimates span the same last 30 s either way."""
 
     def __init__(self, refresh_rate: int = 4, **kwargs: Any) -> None:
         super().__init__(refresh_rate=refresh_rate, **kwargs)
         self.tokens_per_step = 0
-        self._metrics_read = -math.inf  # time.monotonic() of the last read
+        self._shown = -math.inf  # time.monotonic() of the last update of the step and metrics
 
     @property
     def total_train_batches(self) -> int | float:
@@ -295,12 +298,22 @@ class StepProgressBar(RichProgressBar):
             self.tokens_per_step = batch.numel() * trainer.world_size * trainer.accumulate_grad_batches
         if not self.is_disabled and self.train_progress_bar_id is None:
             self._initialize_train_progress_bar_id()
-        self._update(self.train_progress_bar_id, trainer.global_step)
         now = time.monotonic()
-        if now - self._metrics_read >= 1 / max(self.refresh_rate, 1) or trainer.global_step == trainer.max_steps:
-            self._metrics_read = now
+        if now - self._shown >= 1 / max(self.refresh_rate, 1) or trainer.global_step == trainer.max_steps:
+            self._shown = now
             self._update_metrics(trainer, pl_module)
-        self.refresh()
+            self._update(self.train_progress_bar_id, trainer.global_step)  # and a redraw
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._update(self.train_progress_bar_id, trainer.global_step)  # the step validated, while it is validated
+        super().on_validation_start(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._update(self.train_progress_bar_id, trainer.global_step)  # a run stopped early (budget, signal)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._update(self.train_progress_bar_id, trainer.global_step)
+        super().on_exception(trainer, pl_module, exception)
 
     def configure_columns(self, trainer: L.Trainer) -> list[Any]:
         return [

@@ -261,23 +261,26 @@ def test_the_bar_counts_the_runs_steps_across_epochs_and_resumes(corpus, tmp_pat
 
 
 def test_train_loss_is_logged_at_the_steps_lightning_writes(corpus, tmp_path: Path) -> None:
-    """The loss is logged only where Lightning writes it (every log_every_n_steps and the last step): each self.log
-    costs Lightning's bookkeeping, written or not. The values written are the same as when logging every step."""
+    """The loss and gradient norm are logged only where Lightning writes them (every log_every_n_steps and the last
+    step): each self.log costs Lightning's bookkeeping, written or not, and the norm a pass over the gradients. The
+    values written are the same as when logging every step."""
     import lightning as L
 
     from lmpre.train import build
 
-    def losses(every: int) -> dict[int, float]:
+    def logged(every: int) -> dict[str, dict[int, float]]:
         out = tmp_path / str(every)
         overrides = ("trainer.max_steps=12", f"trainer.log_every_n_steps={every}", f"paths.output_dir={out}")
         L.seed_everything(0)
         datamodule, model, trainer = build(compose_train(*corpus.run("gpt", *overrides)))
         trainer.fit(model, datamodule=datamodule)
-        return {e.step: e.value for e in scalars(out).Scalars("train/loss")}
+        events = scalars(out)
+        return {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in ("train/loss", "train/grad_norm")}
 
-    every_step, every_fifth = losses(1), losses(5)
-    assert list(every_step) == list(range(12))
-    assert every_fifth == {step: every_step[step] for step in (4, 9, 11)}
+    every_step, every_fifth = logged(1), logged(5)
+    for tag, values in every_step.items():
+        assert list(values) == list(range(12)), tag
+        assert every_fifth[tag] == {step: values[step] for step in (4, 9, 11)}, tag
 
 
 def test_the_bar_reads_its_metrics_at_its_refresh_rate(corpus, tmp_path: Path) -> None:
@@ -312,3 +315,40 @@ def test_the_bar_reads_its_metrics_at_its_refresh_rate(corpus, tmp_path: Path) -
     # After the first step, a second later, after the last; and at step 9, the first epoch's end (Lightning's read).
     assert sorted(set(steps)) == [1, 9, 11, 12]
     assert bar.get_metrics(trainer, model)["train/loss"] == pytest.approx(float(trainer.callback_metrics["train/loss"]))
+
+
+def test_the_bar_shows_the_step_at_its_refresh_rate_and_the_step_it_validates(corpus, tmp_path: Path) -> None:
+    """Found: the bar's step was updated after every step, and Rich keeps a sample per update for its speed and time
+    left, all summed at every redraw. Now the step is updated with the metrics, at most `refresh_rate` times a second;
+    a validation shows the step it validates, and the run ends on its last step."""
+    import io
+    from unittest import mock
+
+    import lightning as L
+
+    from lmpre.callbacks import StepProgressBar
+    from lmpre.train import build
+
+    screen = io.StringIO()
+    bar = StepProgressBar(refresh_rate=1, console_kwargs={"file": screen, "force_terminal": True, "width": 160})
+    shown: list[tuple[str, int, float]] = []  # (hook, step, the bar's step then)
+
+    class Watch(L.Callback):  # runs after the bar
+        def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+            shown.append(("train", trainer.global_step, bar.train_progress_bar.completed))
+
+        def on_validation_start(self, trainer: L.Trainer, *args: object) -> None:
+            if not trainer.sanity_checking:
+                shown.append(("val", trainer.global_step, bar.train_progress_bar.completed))
+
+    overrides = ("trainer.max_steps=12", "trainer.val_check_interval=5", f"paths.output_dir={tmp_path}")
+    datamodule, model, trainer = build(compose_train(*corpus.run("gpt", *overrides)), callbacks_extra=[bar, Watch()])
+    with mock.patch("lmpre.callbacks.time", monotonic=lambda: trainer.global_step / 10):  # a step takes 0.1 s
+        trainer.fit(model, datamodule=datamodule)
+    # Updated after step 1, a second later (11) and after the last; each validation shows its step.
+    expected = [("train", s, 1) for s in range(1, 6)] + [("val", 5, 5)]
+    expected += [("train", s, 5) for s in range(6, 11)] + [("val", 10, 10)]
+    expected += [("train", 11, 11), ("train", 12, 12), ("val", 12, 12)]
+    assert shown == expected
+    assert len(bar.train_progress_bar._progress) <= 6  # Rich's speed samples: one per update, not one per step
+    assert "12/12" in screen.getvalue()

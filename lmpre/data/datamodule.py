@@ -279,5 +279,5 @@ def stack_windows(items: list[tuple[int, np.ndarray]]) -> dict[str, torch.Tensor
     """Collate windows into one int64 tensor (the dtype embeddings and losses take) and their source indices."""
     return {
         "tokens": torch.from_numpy(np.stack([window for _, window in items]).astype(np.int64)),
-        "source": torch.tensor([index for index, _ in items]),
+        "source": torch.from_numpy(np.array([index for index, _ in items])),
     }

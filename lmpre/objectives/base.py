@@ -97,14 +97,17 @@ class PretrainingObjective(L.LightningModule):
         return trainer is None or (trainer.accumulate_grad_batches == 1 and trainer.world_size == 1)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        one_batch, logs = self._one_batch_per_step(), logs_this_step(self.trainer)
+        if one_batch and not logs:  # most steps: nothing to rescale or log
+            return
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if grads and not self._one_batch_per_step():
+        if grads and not one_batch:
             scored = self.trainer.strategy.reduce(self._scored, reduce_op="sum")  # every process's
             # Lightning divided each micro-batch's loss by k, and DDP/FSDP average gradients over the processes.
             scale = self.trainer.accumulate_grad_batches * self.trainer.world_size / scored.clamp(min=1)
             torch._foreach_mul_([g.to_local() if isinstance(g, DTensor) else g for g in grads], scale)
             self._scored = torch.zeros((), dtype=torch.long, device=self.device)
-        if grads and logs_this_step(self.trainer):  # logging steps only: the norm costs a sync
+        if grads and logs:  # logging steps only: the norm costs a sync
             norm = torch.nn.utils.get_total_norm(grads)  # before clipping, which Lightning does next
             self.log("train/grad_norm", norm.full_tensor() if isinstance(norm, DTensor) else norm)
 
