@@ -46,33 +46,6 @@ QUIET = [
 
 
 @dataclass
-class TrainingClock(L.Callback):
-    """Training wall time with the metric's evaluations left out: the clock stops while the model is scored."""
-
-    stream: np.ndarray
-    every: int
-    curve: list[tuple[int, float, float]] = field(default_factory=list)  # (step, training seconds, metric)
-    seconds: float = 0.0
-    _since: float = 0.0
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._since = time.perf_counter()
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        step = trainer.global_step
-        if step % self.every and step != trainer.max_steps:
-            return
-        self.seconds += time.perf_counter() - self._since
-        assert isinstance(pl_module, PretrainingObjective)
-        pl_module.eval()
-        loss = score_blocks(pl_module, self.stream, batch_size=256).loss  # type: ignore[arg-type]
-        pl_module.train()
-        self.curve.append((step, self.seconds, loss))
-        print(f"  step {step:5d}  {self.seconds:7.1f}s  {loss:.4f}", flush=True)
-        self._since = time.perf_counter()
-
-
-@dataclass
 class Result:
     name: str
     steps: int
@@ -81,18 +54,59 @@ class Result:
     time_to_target: float | None
 
 
+@dataclass
+class Clock:
+    """Training wall time with the metric's evaluations left out: the clock stops while the model is scored."""
+
+    stream: np.ndarray  # the val split, scored on the metric
+    curve: list[tuple[int, float, float]] = field(default_factory=list)  # (step, training seconds, metric)
+    seconds: float = 0.0
+    _since: float = 0.0
+
+    def start(self) -> None:
+        self._since = time.perf_counter()
+
+    def score(self, step: int, objective: PretrainingObjective) -> None:
+        self.seconds += time.perf_counter() - self._since
+        objective.eval()
+        loss = score_blocks(objective, self.stream, batch_size=256).loss  # type: ignore[arg-type]
+        objective.train()
+        self.curve.append((step, self.seconds, loss))
+        print(f"  step {step:5d}  {self.seconds:7.1f}s  {loss:.4f}", flush=True)
+        self._since = time.perf_counter()
+
+    def result(self, name: str, target: float) -> Result:
+        reached = [seconds for _, seconds, loss in self.curve if loss <= target]
+        step, _, final = self.curve[-1]
+        return Result(name, step, self.seconds, final, reached[0] if reached else None)
+
+
+class TrainingClock(L.Callback):
+    """A Clock in lmpre's training: scores every `every` steps and at the last."""
+
+    def __init__(self, clock: Clock, every: int) -> None:
+        self.clock, self.every = clock, every
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.clock.start()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        step = trainer.global_step
+        if step % self.every == 0 or step == trainer.max_steps:
+            assert isinstance(pl_module, PretrainingObjective)
+            self.clock.score(step, pl_module)
+
+
 def run(name: str, overrides: list[str], every: int, target: float, root: str) -> Result:
     with initialize_config_module(config_module="lmpre.conf", version_base="1.3"):
         cfg = compose("train", [f"experiment={name}", f"paths.output_dir={root}/{name}", *QUIET, *overrides])
     L.seed_everything(cfg.seed, workers=True)
     datamodule, model, trainer = build(cfg)
-    clock = TrainingClock(split_tokens(datamodule.prepared_dir, datamodule.manifest, "val"), every)
-    trainer.callbacks.append(clock)
+    clock = Clock(split_tokens(datamodule.prepared_dir, datamodule.manifest, "val"))
+    trainer.callbacks.append(TrainingClock(clock, every))
     print(f"{name}: {' '.join(overrides)}", flush=True)
     trainer.fit(model, datamodule=datamodule)
-    reached = [seconds for _, seconds, loss in clock.curve if loss <= target]
-    step, _, final = clock.curve[-1]
-    return Result(name, step, clock.seconds, final, reached[0] if reached else None)
+    return clock.result(name, target)
 
 
 def run_plain(every: int, target: float, root: str, steps: int = 2000) -> Result:
@@ -120,9 +134,9 @@ def run_plain(every: int, target: float, root: str, steps: int = 2000) -> Result
         return low + 0.5 * (1 + math.cos(math.pi * (step - warmup) / (steps - warmup))) * (peak - low)
 
     print("plain nanoGPT loop over lmpre's backbone", flush=True)
-    curve: list[tuple[int, float, float]] = []
-    seconds, since = 0.0, time.perf_counter()
+    clock = Clock(val)
     model.train()
+    clock.start()
     for step in range(steps):
         for group in optimizer.param_groups:
             group["lr"] = lr(step)
@@ -135,15 +149,8 @@ def run_plain(every: int, target: float, root: str, steps: int = 2000) -> Result
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if (step + 1) % every == 0 or step + 1 == steps:
-            seconds += time.perf_counter() - since
-            model.eval()
-            metric = score_blocks(objective, val, batch_size=256).loss  # type: ignore[arg-type]
-            model.train()
-            curve.append((step + 1, seconds, metric))
-            print(f"  step {step + 1:5d}  {seconds:7.1f}s  {metric:.4f}", flush=True)
-            since = time.perf_counter()
-    reached = [at for _, at, metric in curve if metric <= target]
-    return Result("plain_nanogpt_loop", steps, seconds, curve[-1][2], reached[0] if reached else None)
+            clock.score(step + 1, objective)
+    return clock.result("plain_nanogpt_loop", target)
 
 
 def warm_up(steps: int = 20) -> None:

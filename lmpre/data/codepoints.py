@@ -26,18 +26,23 @@ def codepoints(text: str) -> NDArray[np.uint32]:
 
 def char_table(bits: Mapping[int, str]) -> NDArray[np.uint8]:
     """For every code point, the OR of the `bits` whose regex (one character, e.g. a class) matches it. Built from
-    Python's own character classes, so a lookup agrees with the regex."""
-    table = np.zeros(sys.maxunicode + 1, np.uint8)
+    Python's own character classes, so a lookup agrees with the regex; about 0.03 s per pattern."""
+    # Every code point as one string: decoded from a numpy range, 10x faster than joining chr()s.
+    chars = np.arange(sys.maxunicode + 1, dtype=np.uint32).tobytes().decode("utf-32-le", "surrogatepass")
+    table = np.zeros(len(chars), np.uint8)
     for bit, pattern in bits.items():
-        table[_matching(pattern)] |= bit
+        table[[match.start() for match in re.finditer(pattern, chars)]] |= bit
     return table
 
 
+WORD_CHAR, LETTER, SPACE = 1, 2, 4
+
+
 @functools.cache
-def _matching(pattern: str) -> NDArray[np.int64]:
-    """The code points a one-character regex matches: about 0.03 s each, once per process (tables share \\w, \\s)."""
-    chars = np.arange(sys.maxunicode + 1, dtype=np.uint32).tobytes().decode("utf-32-le", "surrogatepass")
-    return np.array([match.start() for match in re.finditer(pattern, chars)], np.int64)
+def word_classes() -> NDArray[np.uint8]:
+    """Python's own \\w, letters (`[^\\W\\d_]`) and \\s (where str.split() splits too) per code point, once per
+    process: words for the Gopher rules, canonical words for deduplication. Neither \\w nor \\s is punctuation."""
+    return char_table({WORD_CHAR: r"\w", LETTER: r"[^\W\d_]", SPACE: r"\s"})
 
 
 def char_powers(n: int) -> tuple[NDArray[np.uint64], NDArray[np.uint64]]:

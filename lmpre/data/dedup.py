@@ -17,21 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from lmpre.data.codepoints import char_table, codepoints, runs, span_hashes
+from lmpre.data.codepoints import SPACE, WORD_CHAR, codepoints, runs, span_hashes, word_classes
 from lmpre.errors import ConfigError
 
-WORD, SPACE, PUNCTUATION = 0, 1, 2
 MAX_UINT64 = np.iinfo(np.uint64).max
 CHUNK = 1024  # shingles hashed at once: (num_perm, CHUNK) 64-bit values, 1 MiB at 128 permutations
-
-
-@functools.cache
-def char_classes() -> NDArray[np.uint8]:
-    """WORD, SPACE or PUNCTUATION for every code point: looked up for a whole text at once, which is 5x faster than
-    a regex. Punctuation is anything neither a word character (\\w) nor whitespace: symbols and marks included.
-    Built on first use, once per process (0.1 s)."""
-    table = char_table({1: r"\w", 2: r"\s"})
-    return np.choose(table, [PUNCTUATION, WORD, SPACE, SPACE]).astype(np.uint8)
 
 
 @functools.lru_cache(maxsize=1)
@@ -40,9 +30,9 @@ def canonical_words(text: str) -> NDArray[np.uint64]:
     differ only in case, punctuation or whitespace share. The last text's are kept: the exact key and the MinHash
     signature of a document read them from one computation (callers must not change the array)."""
     points = codepoints(text.casefold())
-    classes = char_classes()[points]
-    kept = classes != PUNCTUATION
-    return span_hashes(points[kept], *runs(classes[kept] != SPACE))
+    classes = word_classes()[points]
+    kept = classes & (WORD_CHAR | SPACE) != 0  # punctuation and symbols out
+    return span_hashes(points[kept], *runs(classes[kept] & SPACE == 0))
 
 
 def exact_key(text: str) -> bytes:
@@ -72,7 +62,7 @@ class MinHasher:
 
     def prepare(self) -> None:
         """As `Filter.prepare`: the character table, built once before the workers fork."""
-        char_classes()
+        word_classes()
 
     def shingles(self, text: str) -> NDArray[np.uint64]:
         """A 64-bit key for each word n-gram of the canonical text; a text of fewer words is one

@@ -8,6 +8,7 @@ import random
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,9 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from lmpre.data.codepoints import word_classes
 from lmpre.data.curate import Curation
-from lmpre.data.dedup import MinHasher, char_classes
+from lmpre.data.dedup import MinHasher
 from lmpre.data.document import Document
 from lmpre.data.filters import Filter, GopherQuality, GopherRepetition, Language, Normalize, run_filters
 from lmpre.data.filters.language import identifier
@@ -32,7 +34,7 @@ from lmpre.data.filters.normalize import (
     normalize_text,
 )
 from lmpre.data.filters.repetition import NgramCounts
-from lmpre.data.filters.words import word_classes, words_of
+from lmpre.data.filters.words import words_of
 from lmpre.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "filter"
@@ -237,6 +239,15 @@ def test_ngram_counts_match_counting_every_ngram() -> None:
         assert counts.tolist() == [expected[g] for g in grams]
 
 
+def test_an_early_stop_still_applies_a_zero_limit_of_a_longer_ngram() -> None:
+    """One repeated 10-gram in 300 distinct words: far under the 5-gram limit, yet a 10-gram limit of 0 drops it."""
+    words = unique_words(300)
+    text = " ".join(words[:150] + words[:10] + words[150:])
+    assert kept(GopherRepetition(), text)
+    strict = GopherRepetition(max_duplicate_10gram_chars=0.0)
+    assert drop_reason(strict, text) == "gopher_repetition.duplicate_10gram_chars"
+
+
 def test_longer_repeated_ngrams_cover_no_more_characters() -> None:
     """What lets GopherRepetition stop early: duplicate_chars never grows with n."""
     rng = random.Random(1)
@@ -296,6 +307,13 @@ def test_real_english_passes_every_filter(articles: list[str]) -> None:
     assert all(r.startswith("gopher_repetition.") for r in reasons)
 
 
+def random_texts(alphabet: list[str], count: int, max_length: int) -> Iterator[str]:
+    """`count` strings of up to `max_length` pieces of `alphabet`, the same every run."""
+    rng = random.Random(0)
+    for _ in range(count):
+        yield "".join(rng.choices(alphabet, k=rng.randint(0, max_length)))
+
+
 def spelled(text: str) -> list[str]:
     words = words_of(text)
     return [text[start:end] for start, end in zip(words.starts.tolist(), words.ends.tolist(), strict=True)]
@@ -327,9 +345,7 @@ def test_words_are_the_tokens_with_a_word_character() -> None:
         "\u3000",
         "\U0001f600",
     ]
-    rng = random.Random(0)
-    for _ in range(500):
-        text = "".join(rng.choices(alphabet, k=rng.randint(0, 40)))
+    for text in random_texts(alphabet, count=500, max_length=40):
         expected = [token for token in text.split() if re.search(r"\w", token)]
         assert spelled(text) == expected
         ids = words_of(text).ids.tolist()
@@ -367,9 +383,7 @@ def test_normalize_skips_only_scans_that_cannot_match() -> None:
         "\x0c",
         "\ud800",
     ]
-    rng = random.Random(0)
-    for _ in range(5000):
-        text = "".join(rng.choices(alphabet, k=rng.randint(0, 30)))
+    for text in random_texts(alphabet, count=5000, max_length=30):
         assert normalize_text(text) == normalize_scanning_everything(text), repr(text)
 
 
@@ -396,8 +410,8 @@ def test_filter_configs_hold_the_class_defaults(path: Path) -> None:
 
 def test_a_curation_builds_what_its_steps_share_before_the_workers_fork() -> None:
     """Tables and models are built once in the preparing process: the forked workers inherit them."""
-    built_on_first_use = [normalize_classes, word_classes, char_classes, identifier]
+    built_on_first_use = [normalize_classes, word_classes, identifier]
     for cached in built_on_first_use:
         cached.cache_clear()
     Curation(filters=[Normalize(), GopherQuality(), GopherRepetition(), Language()], minhash=MinHasher()).prepare()
-    assert [cached.cache_info().currsize for cached in built_on_first_use] == [1, 1, 1, 1]
+    assert [cached.cache_info().currsize for cached in built_on_first_use] == [1, 1, 1]

@@ -6,9 +6,10 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from lmpre.data.codepoints import word_classes
 from lmpre.data.document import Document
 from lmpre.data.filters.base import Filter
-from lmpre.data.filters.words import word_classes, words_of
+from lmpre.data.filters.words import words_of
 
 STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
 BULLETS = ("-", "*", "•", "‣", "⁃", "◦", "▪", "▫", "●", "○", "■", "□", "►", "➢")

@@ -9,9 +9,10 @@ from collections.abc import Iterator
 import numpy as np
 from numpy.typing import NDArray
 
+from lmpre.data.codepoints import word_classes
 from lmpre.data.document import Document
 from lmpre.data.filters.base import Filter
-from lmpre.data.filters.words import word_classes, words_of
+from lmpre.data.filters.words import words_of
 
 PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 
@@ -102,7 +103,8 @@ class GopherRepetition(Filter):
                     return self.drop(f"duplicate_{n}gram_chars")
                 # A word inside a repeated (n+1)-gram is inside a repeated n-gram (its prefix repeats too), so longer
                 # n-grams cover no more: under every longer n's limit, none of them can drop the document.
-                if all(chars <= limit * ngrams.total_chars for m, limit in duplicate.items() if m > n and limit):
+                longer = [limit for m, limit in duplicate.items() if m > n and limit is not None]
+                if all(chars <= limit * ngrams.total_chars for limit in longer):
                     return document
         return document
 

@@ -10,9 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from lmpre.data.codepoints import char_table, codepoints, runs, span_hashes
-
-WORD_CHAR, LETTER, SPACE = 1, 2, 4
+from lmpre.data.codepoints import LETTER, SPACE, WORD_CHAR, codepoints, runs, span_hashes, word_classes
 
 
 @dataclass(frozen=True)
@@ -49,9 +47,3 @@ def words_of(text: str) -> Words:
     starts, ends = starts[is_word], ends[is_word]
     _, ids = np.unique(span_hashes(points, starts, ends), return_inverse=True)
     return Words(starts, ends, ids.astype(np.int64), int(np.count_nonzero(token_classes[is_word] & LETTER)))
-
-
-@functools.cache
-def word_classes() -> NDArray[np.uint8]:
-    """Python's own classes (\\w, letters as `[^\\W\\d_]`, \\s, which str.split() splits at too), per code point."""
-    return char_table({WORD_CHAR: r"\w", LETTER: r"[^\W\d_]", SPACE: r"\s"})
