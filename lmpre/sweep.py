@@ -102,6 +102,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 def _write_text(path: Path, text: str) -> None:
     """Readers (the summary, another job) never see half a file."""
     partial = path.with_name(f".{path.name}.partial")
+    partial.parent.mkdir(parents=True, exist_ok=True)  # a run without a logger or checkpoints has made no dir yet
     partial.write_text(text)
     partial.replace(path)
 

@@ -36,6 +36,7 @@ from lmpre.checkpoint import AtomicCheckpointIO, CheckpointInfo
 from lmpre.errors import CheckpointError, ConfigError, Interrupted, LmpreError
 from lmpre.models import TransformerConfig
 from lmpre.objectives import PretrainingObjective
+from lmpre.profiler import NoProfiler
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +231,8 @@ def build(
     cfg: DictConfig, *, callbacks_extra: list[L.Callback] | None = None, purge_step: int | None = None
 ) -> tuple[L.LightningDataModule, PretrainingObjective, L.Trainer]:
     """The datamodule, objective and trainer a config describes. Checkpoints are always written atomically;
-    without a progress bar among the callbacks, Lightning draws none (plain log lines instead)."""
+    without a progress bar among the callbacks, Lightning draws none (plain log lines instead); without a profiler
+    (`trainer.profiler`), hooks are called without one's bookkeeping."""
     datamodule, model = build_objective(cfg)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     callbacks += [LogStepOnResume(), ScheduleToBudget(), sweep.run_result(cfg), *(callbacks_extra or [])]
@@ -243,6 +245,7 @@ def build(
         logger=build_loggers(cfg, purge_step) or False,
         plugins=plugins,
         enable_progress_bar=any(isinstance(c, ProgressBar) for c in callbacks),
+        profiler=cfg.trainer.get("profiler") or NoProfiler(),
         **budget.trainer_limits(cfg),
     )
     budget.apply(cfg, trainer)

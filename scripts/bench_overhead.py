@@ -17,6 +17,7 @@ terminal (TTY_COMPATIBLE=1), where users see it.
 
     python scripts/bench_overhead.py [--cases cpu tiny] [--rounds 10] [--threads 1] > /tmp/b.txt; tail -n 5 /tmp/b.txt
     python scripts/bench_overhead.py --cases tiny --profile /tmp/lmpre.prof  # what lmpre's steps spend their time on
+    python scripts/bench_overhead.py --cases tiny --overrides callbacks.progress=null  # what the bar costs
 """
 
 from __future__ import annotations
@@ -77,13 +78,14 @@ def since(start: tuple[float, float]) -> tuple[float, float]:
     return wall - start[0], cpu - start[1]
 
 
-def compose_config(case: Case, rounds: int, run_dir: Path) -> DictConfig:
+def compose_config(case: Case, rounds: int, run_dir: Path, overrides: list[str]) -> DictConfig:
     max_steps = case.warmup + rounds * case.steps + 1
     with initialize_config_module(config_module="lmpre.conf", version_base="1.3"):
         return compose(
             "train",
             [
                 *case.overrides,
+                *overrides,
                 f"paths.output_dir={run_dir}",
                 f"trainer.max_steps={max_steps}",
                 f"trainer.val_check_interval={max_steps}",  # validation (and its checkpoint) only after the timing
@@ -160,9 +162,11 @@ def same_batches(cfg: DictConfig, count: int) -> list[torch.Tensor]:
     return batches
 
 
-def run_case(name: str, case: Case, rounds: int, profile: cProfile.Profile | None = None) -> tuple[Timings, int]:
+def run_case(
+    case: Case, rounds: int, overrides: list[str], profile: cProfile.Profile | None = None
+) -> tuple[Timings, int]:
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = compose_config(case, rounds, Path(tmp) / "run")
+        cfg = compose_config(case, rounds, Path(tmp) / "run", overrides)
         L.seed_everything(cfg.seed)
         plain_steps = case.warmup + rounds * case.steps
         batches = same_batches(cfg, plain_steps)
@@ -189,6 +193,7 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=["cpu", "tiny"])
     parser.add_argument("--rounds", type=int, default=10, help="timed lmpre/plain segment pairs per case")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for both (default: torch's)")
+    parser.add_argument("--overrides", nargs="*", default=[], help="lmpre's Hydra overrides: callbacks.progress=null")
     parser.add_argument("--profile", type=Path, help="cProfile lmpre's timed steps (this file: pstats), print the top")
     args = parser.parse_args()
     profile = cProfile.Profile() if args.profile else None
@@ -196,7 +201,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     lines = []
     for name in args.cases:
-        timings, tokens_per_step = run_case(name, CASES[name], args.rounds, profile)
+        timings, tokens_per_step = run_case(CASES[name], args.rounds, args.overrides, profile)
         lines.append(report(name, timings, tokens_per_step, CASES[name].steps))
     print(
         f"\ntorch threads: {torch.get_num_threads()}; tokens/s over all timed segments, per second of wall clock and "

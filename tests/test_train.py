@@ -228,6 +228,26 @@ def test_progress_null_means_no_bar(corpus, tmp_path: Path) -> None:
     assert isinstance(build(cfg)[2].progress_bar_callback, StepProgressBar)
 
 
+def test_hooks_pay_for_a_profiler_only_when_one_is_asked_for(corpus, tmp_path: Path) -> None:
+    """Lightning wraps each of ~85 hook calls a step in `profiler.profile(name)`; lmpre's default does nothing there,
+    and `+trainer.profiler=simple` still gets Lightning's profiler, which times every hook."""
+    from lightning.pytorch.profilers import SimpleProfiler
+
+    from lmpre.profiler import NoProfiler
+    from lmpre.train import build
+
+    cfg = compose_train(*corpus.run("gpt", f"paths.output_dir={tmp_path}", "trainer.max_steps=2"))
+    datamodule, model, trainer = build(cfg)
+    assert type(trainer.profiler) is NoProfiler
+    with trainer.profiler.profile("[Callback]X.on_train_batch_end") as name:
+        assert name == "[Callback]X.on_train_batch_end"
+    cfg = compose_train(*corpus.run("gpt", f"paths.output_dir={tmp_path}", "+trainer.profiler=simple"))
+    datamodule, model, trainer = build(cfg)
+    assert isinstance(trainer.profiler, SimpleProfiler)
+    trainer.fit(model, datamodule=datamodule)
+    assert trainer.profiler.recorded_durations["run_training_batch"]  # it timed the training steps
+
+
 def test_the_bar_counts_the_runs_steps_across_epochs_and_resumes(corpus, tmp_path: Path) -> None:
     """Found: the bar showed "Epoch 0/-2" on step-based runs and "40/19" after a resume. Now one bar over the run:
     step of max_steps (from where a resumed run stopped), time left and tokens/s."""
@@ -296,7 +316,7 @@ def test_the_bar_reads_its_metrics_at_its_refresh_rate(corpus, tmp_path: Path) -
     from lmpre.train import build
 
     bar = StepProgressBar(refresh_rate=1, console_kwargs={"file": io.StringIO(), "force_terminal": True})
-    assert StepProgressBar().refresh_rate == 4
+    assert StepProgressBar().refresh_rate == 1
     cfg = compose_train(*corpus.run("gpt", "trainer.max_steps=12", f"paths.output_dir={tmp_path}"))
     datamodule, model, trainer = build(cfg, callbacks_extra=[bar])
     steps: list[int] = []  # the training steps after which the bar read its metrics
