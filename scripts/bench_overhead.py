@@ -15,7 +15,7 @@ Not timed: composing the config, preparing the data, building the model, the san
 of each (the first lmpre step counts FLOPs), the final validation and checkpoint. The progress bar is drawn as in a
 terminal (TTY_COMPATIBLE=1), where users see it.
 
-    python scripts/bench_overhead.py [--cases cpu tiny] [--rounds 10] [--threads 1] > /tmp/b.txt; tail -n 5 /tmp/b.txt
+    python scripts/bench_overhead.py [--cases cpu tiny] [--rounds 20] [--threads 1] > /tmp/b.txt; tail -n 5 /tmp/b.txt
     python scripts/bench_overhead.py --cases tiny --profile /tmp/lmpre.prof  # what lmpre's steps spend their time on
     python scripts/bench_overhead.py --cases tiny --overrides callbacks.progress=null  # what the bar costs
 """
@@ -191,7 +191,7 @@ def report(name: str, timings: Timings, tokens_per_step: int, steps: int) -> str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=["cpu", "tiny"])
-    parser.add_argument("--rounds", type=int, default=10, help="timed lmpre/plain segment pairs per case")
+    parser.add_argument("--rounds", type=int, default=20, help="timed lmpre/plain segment pairs per case")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for both (default: torch's)")
     parser.add_argument("--overrides", nargs="*", default=[], help="lmpre's Hydra overrides: callbacks.progress=null")
     parser.add_argument("--profile", type=Path, help="cProfile lmpre's timed steps (this file: pstats), print the top")
