@@ -71,6 +71,26 @@ def test_a_sweep_ends_with_a_summary_and_a_failed_job_is_a_row(corpus: TinyCorpu
     assert result.stdout.rstrip().endswith("error: 1 of 3 jobs failed: 1")
 
 
+def test_a_run_without_logger_or_checkpoints_still_records_its_result(corpus: TinyCorpus, tmp_path: Path) -> None:
+    """Found: with no logger and no checkpoints nothing had made the run directory (built outside Hydra, as the
+    benchmarks do), and writing result.json at the end failed. Now its directory is made for it."""
+    import json
+
+    from lmpre.train import build
+
+    run_dir = tmp_path / "not_made_yet"
+    cfg = compose_train(
+        *corpus.run("gpt", *STEPS),
+        "~logger",
+        "callbacks.lr_monitor=null",  # Lightning's needs a logger
+        "callbacks.checkpoint=null",
+        f"paths.output_dir={run_dir}",
+    )
+    datamodule, model, trainer = build(cfg)
+    trainer.fit(model, datamodule=datamodule)
+    assert json.loads((run_dir / "result.json").read_text())["step"] == 4
+
+
 def test_hparams_tab_shows_the_config_with_final_metrics(corpus: TinyCorpus, tmp_path: Path) -> None:
     metrics = train(compose_train(*corpus.run("gpt", *STEPS, "optim.lr=0.002"), f"paths.output_dir={tmp_path}"))
 

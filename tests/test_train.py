@@ -236,12 +236,13 @@ def test_hooks_pay_for_a_profiler_only_when_one_is_asked_for(corpus, tmp_path: P
     from lmpre.profiler import NoProfiler
     from lmpre.train import build
 
-    cfg = compose_train(*corpus.run("gpt", f"paths.output_dir={tmp_path}", "trainer.max_steps=2"))
+    cfg = compose_train(*corpus.run("gpt", f"paths.output_dir={tmp_path}"))
     datamodule, model, trainer = build(cfg)
     assert type(trainer.profiler) is NoProfiler
     with trainer.profiler.profile("[Callback]X.on_train_batch_end") as name:
         assert name == "[Callback]X.on_train_batch_end"
-    cfg = compose_train(*corpus.run("gpt", f"paths.output_dir={tmp_path}", "+trainer.profiler=simple"))
+    overrides = (f"paths.output_dir={tmp_path}", "trainer.max_steps=2", "+trainer.profiler=simple")
+    cfg = compose_train(*corpus.run("gpt", *overrides))
     datamodule, model, trainer = build(cfg)
     assert isinstance(trainer.profiler, SimpleProfiler)
     trainer.fit(model, datamodule=datamodule)
