@@ -14,6 +14,7 @@ from typing import IO, Any, cast
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import Tensor
 from torch.distributed.tensor import DTensor
 from torch.utils.flop_counter import FlopCounterMode
@@ -215,5 +216,9 @@ class PretrainingObjective(L.LightningModule):
         # A time budget alone leaves the length unknown here (infinite): lmpre.budget.ScheduleToBudget sets it once
         # it has measured the speed; until then the schedule holds the peak LR after the warm-up.
         total = self.trainer.estimated_stepping_batches
-        optimizer, scheduler = self.optim.build(self.model, int(total) if math.isfinite(total) else UNKNOWN_LENGTH)
+        # Lightning's mixed precision refuses to clip a fused optimizer's gradients.
+        clips = bool(self.trainer.gradient_clip_val)
+        fusable = not (clips and isinstance(self.trainer.precision_plugin, MixedPrecision))
+        length = int(total) if math.isfinite(total) else UNKNOWN_LENGTH
+        optimizer, scheduler = self.optim.build(self.model, length, fusable=fusable)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

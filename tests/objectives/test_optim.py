@@ -125,6 +125,47 @@ def test_muon_refuses_a_vector_in_a_muon_group() -> None:
         MuonWithAdamW([{"params": [torch.nn.Parameter(torch.zeros(3))]}])
 
 
+# ---------------------------------------------------------------------------------------------------- fused AdamW
+
+
+def adamw_steps(config: AdamW, steps: int = 5) -> tuple[Transformer, torch.optim.Optimizer]:
+    # No biases: a key's bias gets a gradient of rounding noise only (softmax ignores it), which Adam's
+    # normalisation blows up differently for any two summation orders.
+    model = tiny_model(bias=False)
+    optimizer, scheduler = config.build(model, total_steps=steps)
+    batch = torch.randint(40, (4, 17), generator=torch.Generator().manual_seed(1))
+    for _ in range(steps):
+        F.cross_entropy(model(batch[:, :-1]).flatten(0, 1), batch[:, 1:].flatten()).backward()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+    return model, optimizer
+
+
+def test_adamw_is_fused_on_cpu_and_steps_as_torchs_per_tensor_loop() -> None:
+    settings = {"lr": 3e-2, "warmup_steps": 2, "weight_decay": 0.1}
+    fused, fused_optimizer = adamw_steps(AdamW(**settings))
+    looped, looped_optimizer = adamw_steps(AdamW(**settings, fused=False))
+    assert fused_optimizer.defaults["fused"] is True
+    assert not looped_optimizer.defaults["fused"]
+    assert not looped_optimizer.defaults["foreach"]
+    moved, initial = 0.0, tiny_model(bias=False).parameters()
+    for (name, a), b, start in zip(fused.named_parameters(), looped.parameters(), initial, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+        moved = max(moved, (a - start).abs().max().item())
+    assert moved > 0.05  # five steps of lr 3e-2 moved the weights: the comparison is not of untouched tensors
+
+
+def test_adamw_is_not_fused_where_the_trainer_forbids_it_and_says_so_when_asked_to_be() -> None:
+    model = tiny_model()
+    assert AdamW().optimizer(model, fusable=False).defaults["fused"] is None  # torch's default
+    with pytest.raises(ConfigError, match="refuses to clip a fused optimizer"):
+        AdamW(fused=True).optimizer(model, fusable=False)
+    with pytest.raises(ConfigError, match=r"optim\.fused=true needs floating-point parameters on"):
+        AdamW(fused=True).optimizer(torch.nn.Linear(3, 3, device="meta"))
+    assert AdamW().optimizer(torch.nn.Linear(3, 3, device="meta")).defaults["fused"] is None
+
+
 @pytest.mark.parametrize("config", [Muon(lr=0.02, adam_lr=3e-3, warmup_steps=0), AdamW(lr=3e-3, warmup_steps=0)])
 def test_a_tiny_model_learns_a_fixed_batch(config: AdamW | Muon) -> None:
     model = tiny_model()
