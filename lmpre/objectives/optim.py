@@ -109,7 +109,7 @@ class AdamW(OptimizerConfig):
     eps: float = 1e-8
     weight_decay: float = 0.1
     # torch's fused kernel: one pass over all parameters instead of a dozen ops per tensor (on CPU, torch's default
-    # otherwise, a loop over the tensors: 5x slower). null: fused wherever torch has the kernel and the trainer
+    # otherwise, a loop over the tensors: 4x slower). null: fused wherever torch has the kernel and the trainer
     # allows it; false: torch's default (foreach on GPUs).
     fused: bool | None = None
 
