@@ -90,7 +90,7 @@ class OptimizerConfig:
         self, model: nn.Module, total_steps: int, *, fusable: bool = True
     ) -> tuple[torch.optim.Optimizer, ScheduledLR]:
         """`fusable=False` when the trainer cannot step a fused optimizer: Lightning's mixed precision refuses to
-        clip the gradients of one (it would unscale them itself)."""
+        clip the gradients of one (it would unscale them itself). Optimizers without a fused kernel (Muon) ignore it."""
         optimizer = self.optimizer(model, fusable)
         return optimizer, ScheduledLR(optimizer, self.schedule(), total_steps)
 
