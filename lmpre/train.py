@@ -23,7 +23,7 @@ import lightning as L
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
@@ -231,10 +231,13 @@ def build(
     cfg: DictConfig, *, callbacks_extra: list[L.Callback] | None = None, purge_step: int | None = None
 ) -> tuple[L.LightningDataModule, PretrainingObjective, L.Trainer]:
     """The datamodule, objective and trainer a config describes. Checkpoints are always written atomically;
-    without a progress bar among the callbacks, Lightning draws none (plain log lines instead); without a profiler
-    (`trainer.profiler`), hooks are called without one's bookkeeping."""
+    without a progress bar among the callbacks, Lightning draws none (plain log lines instead); without a logger, no
+    learning-rate monitor; without a profiler (`trainer.profiler`), hooks are called without one's bookkeeping."""
     datamodule, model = build_objective(cfg)
+    loggers = build_loggers(cfg, purge_step)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    if not loggers:  # the learning rate has nowhere to go, and Lightning's monitor would refuse to start
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     callbacks += [LogStepOnResume(), ScheduleToBudget(), sweep.run_result(cfg), *(callbacks_extra or [])]
     plugins = list(instantiate(cfg.trainer.get("plugins") or [], _convert_="all"))
     if not any(isinstance(p, CheckpointIO) for p in plugins):
@@ -242,7 +245,7 @@ def build(
     trainer = instantiate(
         cfg.trainer,
         callbacks=callbacks,
-        logger=build_loggers(cfg, purge_step) or False,
+        logger=loggers or False,
         plugins=plugins,
         enable_progress_bar=any(isinstance(c, ProgressBar) for c in callbacks),
         profiler=cfg.trainer.get("profiler") or NoProfiler(),
