@@ -37,7 +37,6 @@ QUIET = [
     "callbacks.progress=null",
     "callbacks.progress_log=null",
     "callbacks.summary=null",
-    "callbacks.lr_monitor=null",
     "callbacks.throughput=null",
     "~logger",
     "trainer.limit_val_batches=0",

@@ -249,6 +249,21 @@ def test_hooks_pay_for_a_profiler_only_when_one_is_asked_for(corpus, tmp_path: P
     assert trainer.profiler.recorded_durations["run_training_batch"]  # it timed the training steps
 
 
+@pytest.mark.parametrize(("precision", "fused"), [("32-true", True), ("bf16-mixed", None)])
+def test_adamw_is_fused_unless_mixed_precision_clips(
+    corpus, tmp_path: Path, precision: str, fused: bool | None
+) -> None:
+    """Lightning's mixed precision refuses to clip a fused optimizer's gradients (the CPU preset clips at 1.0): the
+    objective then leaves torch's default, and fuses otherwise."""
+    from lmpre.train import build
+
+    overrides = (f"paths.output_dir={tmp_path}", "trainer.max_steps=1", f"trainer.precision={precision}")
+    datamodule, model, trainer = build(compose_train(*corpus.run("gpt", *overrides)))
+    trainer.fit(model, datamodule=datamodule)
+    assert trainer.gradient_clip_val == 1.0
+    assert trainer.optimizers[0].defaults["fused"] is fused
+
+
 def test_the_bar_counts_the_runs_steps_across_epochs_and_resumes(corpus, tmp_path: Path) -> None:
     """Found: the bar showed "Epoch 0/-2" on step-based runs and "40/19" after a resume. Now one bar over the run:
     step of max_steps (from where a resumed run stopped), time left and tokens/s."""
